@@ -1,0 +1,1 @@
+"""The three Healthscore services (ingest, scoring, alerts) and the `healthscore` CLI."""

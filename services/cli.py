@@ -1,0 +1,176 @@
+"""The ``healthscore`` command: run the stack or one service, migrate, manage keys."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from shared.settings import CommonSettings
+
+app = typer.Typer(
+    help="Healthscore: real-time, explainable customer health scores.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on.")]
+
+
+def _exit(code: int) -> None:
+    raise typer.Exit(code)
+
+
+def _run_service(name: str, host: str, port: int) -> None:
+    from shared.migrate import NotMigrated
+
+    try:
+        if name == "ingest":
+            from services.ingest.app import run
+        elif name == "scoring":
+            from services.scoring.app import run
+        else:
+            from services.alerts.app import run
+        _exit(run(host, port))
+    except NotMigrated as exc:
+        typer.echo(f"healthscore {name}: {exc}", err=True)
+        _exit(2)
+
+
+@app.command()
+def ingest(host: HostOpt = "0.0.0.0", port: int = 8000) -> None:
+    """Run the ingest service (HTTP event API → Kafka)."""
+    _run_service("ingest", host, port)
+
+
+@app.command()
+def scoring(host: HostOpt = "0.0.0.0", port: int = 8001) -> None:
+    """Run the scoring service (Kafka → windows, KPIs, scores; read API)."""
+    _run_service("scoring", host, port)
+
+
+@app.command()
+def alerts(host: HostOpt = "0.0.0.0", port: int = 8002) -> None:
+    """Run the alerts service (health snapshots → rules → signed webhooks)."""
+    _run_service("alerts", host, port)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (idempotent)."""
+    from shared.migrate import upgrade
+
+    settings = CommonSettings()
+    upgrade(settings.database_url)
+    typer.echo("database schema is up to date")
+
+
+@app.command()
+def dev(
+    ingest_port: int = 8000,
+    scoring_port: int = 8001,
+    alerts_port: int = 8002,
+    host: HostOpt = "127.0.0.1",
+    data_dir: Annotated[
+        str, typer.Option(help="Where embedded PostgreSQL keeps its data.")
+    ] = ".healthscore",
+    demo: Annotated[bool, typer.Option(help="Also generate demo traffic.")] = False,
+) -> None:
+    """Run the whole stack on one machine: embedded PostgreSQL and broker (unless
+    DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS are set) and the three services."""
+    from services.dev import DevOptions, run_dev
+
+    _exit(
+        run_dev(
+            DevOptions(
+                host=host,
+                ingest_port=ingest_port,
+                scoring_port=scoring_port,
+                alerts_port=alerts_port,
+                data_dir=data_dir,
+                demo=demo,
+            )
+        )
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    scope: Annotated[list[str], typer.Option(help="ingest, read or admin; repeat for more.")],
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Requests per second allowed for this key (ingest); unlimited when omitted."
+        ),
+    ] = None,
+) -> None:
+    """Create a key and print it once (only its hash is stored)."""
+    from shared import db
+    from shared.auth import Scope, create_key
+
+    bad = [s for s in scope if s not in {x.value for x in Scope}]
+    if bad:
+        typer.echo(f"unknown scope(s): {', '.join(bad)} (use ingest, read, admin)", err=True)
+        _exit(2)
+
+    async def go() -> tuple[str, str]:
+        engine = db.create_engine(CommonSettings().database_url, pool_size=1)
+        try:
+            return await create_key(engine, name, scope, rate_limit)
+        finally:
+            await engine.dispose()
+
+    key_id, raw = asyncio.run(go())
+    typer.echo(f"id:  {key_id}\nkey: {raw}\n(store it now: it is not shown again)")
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never the keys themselves)."""
+    from shared import db
+    from shared.auth import list_keys
+
+    async def go() -> list[dict[str, object]]:
+        engine = db.create_engine(CommonSettings().database_url, pool_size=1)
+        try:
+            return await list_keys(engine)
+        finally:
+            await engine.dispose()
+
+    for k in asyncio.run(go()):
+        state = "revoked" if k["revoked_at"] else "active"
+        scopes = ",".join(k["scopes"])  # type: ignore[arg-type]
+        typer.echo(f"{k['id']}  {k['display_prefix']}…  {state:7}  {scopes:20}  {k['name']}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key (effective on every service within 10 seconds)."""
+    from shared import db
+    from shared.auth import revoke_key
+
+    async def go() -> bool:
+        engine = db.create_engine(CommonSettings().database_url, pool_size=1)
+        try:
+            return await revoke_key(engine, key_id)
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(go()):
+        typer.echo(f"no active key with id {key_id}", err=True)
+        _exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+def main() -> None:
+    app(prog_name="healthscore")
+
+
+if __name__ == "__main__":
+    sys.exit(main())  # type: ignore[func-returns-value]

@@ -1,0 +1,61 @@
+"""What every service's HTTP app has: ``/healthz``, ``/readyz``, ``/metrics``, request
+metrics, and precise error bodies for invalid requests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from shared.metrics import HttpMetricsMiddleware, metrics_response
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
+    """``[{field, message}]`` for each problem, the field as a dotted path."""
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        out.append({"field": ".".join(loc), "message": str(err.get("msg", "invalid"))})
+    return out
+
+
+def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]) -> None:
+    """Add the probes, ``/metrics``, request timing and error handlers to ``app``.
+
+    ``checks`` name what must answer for the service to be ready (``database``,
+    ``broker``, ``consumer``…); ``/readyz`` answers 503 with each check's result
+    when any fails.
+    """
+    app.add_middleware(HttpMetricsMiddleware, service=service)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        results = {name: await check() for name, check in checks.items()}
+        ok = all(results.values())
+        return JSONResponse(
+            {"ready": ok, "service": service, "checks": results}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return metrics_response()
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"errors": validation_errors(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"path": request.url.path})
+        return PlainTextResponse("internal error", status_code=500)

@@ -1,0 +1,69 @@
+"""Prometheus helpers shared by every service (prefix ``healthscore_``, base units,
+bounded labels: never an account or user id)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUEST_DURATION = Histogram(
+    "healthscore_http_request_duration_seconds",
+    "HTTP request duration by route template and status.",
+    ["service", "route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def metrics_response() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class HttpMetricsMiddleware:
+    """Times every request; labels by the route *template* (bounded cardinality)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: dict) -> None:  # type: ignore[type-arg]
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)  # type: ignore[arg-type]
+        finally:
+            HTTP_REQUEST_DURATION.labels(
+                self.service, _route_template(scope), scope["method"], str(status)
+            ).observe(time.perf_counter() - start)
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    app = scope.get("app")
+    for r in getattr(getattr(app, "router", None), "routes", []):
+        match, _ = r.matches(scope)
+        if match is Match.FULL:
+            return str(r.path)
+    return "unmatched"
+
+
+Handler = Callable[[Request], Awaitable[Response]]

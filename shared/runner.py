@@ -1,0 +1,99 @@
+"""Process entrypoint shared by the three services.
+
+The HTTP API runs in uvicorn on its own thread and event loop; background workers
+(the scoring consumer and sweeper, the alerts consumer and delivery workers) run
+on the main thread's loop. So a slow API query never delays a consumer heartbeat,
+and a busy batch never delays ``/readyz`` — the consumer is not "inside the
+FastAPI process loop". SIGTERM/SIGINT: workers finish their batch and stop, then
+the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+Worker = Callable[[asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class WorkerStatus:
+    """Shared between the worker loop and the API thread: is every worker alive?"""
+
+    running: dict[str, bool] = field(default_factory=dict)
+
+    def alive(self) -> bool:
+        return bool(self.running) and all(self.running.values())
+
+
+def serve(
+    app: FastAPI,
+    host: str,
+    port: int,
+    workers: Sequence[tuple[str, Worker]] = (),
+    status: WorkerStatus | None = None,
+    shutdown_timeout: float = 30.0,
+) -> int:
+    """Run ``app`` and ``workers`` until SIGTERM/SIGINT; returns the exit code
+    (1 when a worker died, so a supervisor restarts the process)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    status = status or WorkerStatus()
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        thread = threading.Thread(target=server.run, name="http", daemon=True)
+        thread.start()
+        exit_code = 0
+
+        async def run_worker(name: str, worker: Worker) -> None:
+            nonlocal exit_code
+            status.running[name] = True
+            try:
+                await worker(stop)
+            except Exception:
+                log.exception("worker died", extra={"worker": name})
+                exit_code = 1
+                stop.set()
+            finally:
+                status.running[name] = False
+
+        tasks = [asyncio.create_task(run_worker(n, w), name=n) for n, w in workers]
+        while not stop.is_set():
+            if not thread.is_alive():  # e.g. the port was taken
+                log.error("HTTP server stopped", extra={"port": port})
+                exit_code = 1
+                stop.set()
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=shutdown_timeout)
+            for t in pending:
+                t.cancel()
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 15)
+        return exit_code
+
+    return asyncio.run(main())

@@ -1,0 +1,94 @@
+"""The whole path with the three services as separate processes: an event posted
+to ingest is published to Kafka, consumed by scoring and stored in Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.infra import BOOTSTRAP_KEY, ServiceProcess, running
+
+AUTH = {"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def stack(env: dict[str, str]) -> Iterator[dict[str, ServiceProcess]]:
+    services = {n: ServiceProcess(n, env) for n in ("ingest", "scoring", "alerts")}
+    with running(*services.values()):
+        yield services
+
+
+@pytest.mark.parametrize("name", ["ingest", "scoring", "alerts"])
+def test_every_service_serves_probes_and_metrics(
+    stack: dict[str, ServiceProcess], name: str
+) -> None:
+    base = stack[name].url
+    assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["database"] and ready.json()["checks"]["broker"]
+    metrics = httpx.get(f"{base}/metrics").text
+    assert "healthscore_http_request_duration_seconds_bucket" in metrics
+    assert f'service="{name}"' in metrics
+
+
+async def test_event_goes_through_to_the_database(
+    stack: dict[str, ServiceProcess], database_url: str
+) -> None:
+    body = {
+        "events": [
+            {"id": "skeleton-1", "type": "login", "account_id": "acme", "user_id": "u1"},
+            {
+                "id": "skeleton-2",
+                "type": "communication",
+                "account_id": "acme",
+                "channel": "email",
+                "direction": "inbound",
+                "contact_id": "c1",
+            },
+        ]
+    }
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{stack['ingest'].url}/v1/events", json=body, headers=AUTH)
+    assert r.status_code == 202, r.text
+    assert r.json() == {"accepted": 2}
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows: list[asyncpg.Record] = []
+        for _ in range(100):
+            rows = await conn.fetch(
+                "SELECT event_id, type FROM scoring_events_seen ORDER BY event_id"
+            )
+            if len(rows) == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert [(r["event_id"], r["type"]) for r in rows] == [
+        ("skeleton-1", "login"),
+        ("skeleton-2", "communication"),
+    ]
+
+
+def test_ingest_requires_a_key(stack: dict[str, ServiceProcess]) -> None:
+    url = f"{stack['ingest'].url}/v1/events"
+    body = {"events": [{"type": "login", "account_id": "a", "user_id": "u"}]}
+    assert httpx.post(url, json=body).status_code == 401
+    assert (
+        httpx.post(url, json=body, headers={"Authorization": "Bearer hs_nope"}).status_code == 401
+    )
+
+
+def test_service_refuses_an_unmigrated_database(infra: object, env: dict[str, str]) -> None:
+    from tests.infra import Infra
+
+    assert isinstance(infra, Infra)
+    bad = env | {"DATABASE_URL": infra.db_url("postgres")}
+    svc = ServiceProcess("alerts", bad)
+    with pytest.raises(RuntimeError, match="healthscore migrate"):
+        svc.start(timeout=30)
+    svc.stop()

@@ -1,0 +1,91 @@
+"""Foundation pieces against the real PostgreSQL and broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shared import db
+from shared.auth import KeyStore, Scope, create_key, list_keys, revoke_key
+from shared.kafka import ensure_topics
+from shared.migrate import NotMigrated, check_migrated, upgrade
+from shared.settings import CommonSettings
+from tests.infra import Infra, drop_database, new_database
+
+
+async def test_migrate_is_idempotent_and_checked(infra: Infra) -> None:
+    url = await new_database(infra, "migrate")
+    try:
+        engine = db.create_engine(url)
+        await check_migrated(engine)  # the template is migrated
+        await asyncio.to_thread(upgrade, url)  # a second run changes nothing and does not fail
+        await check_migrated(engine)
+        await engine.dispose()
+    finally:
+        await drop_database(infra, url)
+
+
+async def test_unmigrated_database_is_refused_with_a_clear_message(infra: Infra) -> None:
+    conn = await asyncpg.connect(infra.admin_url)
+    await conn.execute('DROP DATABASE IF EXISTS "hs_empty" WITH (FORCE)')
+    await conn.execute('CREATE DATABASE "hs_empty"')
+    await conn.close()
+    engine = db.create_engine(infra.db_url("hs_empty"))
+    try:
+        with pytest.raises(NotMigrated, match="healthscore migrate"):
+            await check_migrated(engine)
+    finally:
+        await engine.dispose()
+        await drop_database(infra, infra.db_url("hs_empty"))
+
+
+async def test_keys_are_stored_hashed_scoped_and_revocable(database_url: str) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        key_id, raw = await create_key(engine, "ci", ["ingest", "read"])
+        async with engine.connect() as conn:
+            stored = (
+                await conn.exec_driver_sql("SELECT key_hash, display_prefix FROM api_keys")
+            ).all()
+        assert all(raw not in row[0] for row in stored), "the raw key must never be stored"
+        store = KeyStore(engine)
+        key = await store.verify(raw)
+        assert key is not None and key.scopes == {"ingest", "read"}
+        assert await store.verify(raw + "x") is None
+        assert await revoke_key(engine, key_id)
+        assert await KeyStore(engine).verify(raw) is None  # a fresh cache sees the revocation
+        listed = await list_keys(engine)
+        assert [k["revoked_at"] is not None for k in listed] == [True]
+        assert not await revoke_key(engine, key_id)
+        with pytest.raises(ValueError):
+            await create_key(engine, "bad", ["superuser"])
+    finally:
+        await engine.dispose()
+
+
+async def test_bootstrap_key_has_every_scope(database_url: str) -> None:
+    engine = db.create_engine(database_url)
+    try:
+        key = await KeyStore(engine, "b" * 20).verify("b" * 20)
+        assert key is not None and key.scopes == set(Scope)
+    finally:
+        await engine.dispose()
+
+
+async def test_ensure_topics_creates_missing_topics_with_partitions(
+    infra: Infra, monkeyenv: dict[str, str]
+) -> None:
+    settings = CommonSettings()
+    await ensure_topics(settings)
+    await ensure_topics(settings)  # idempotent
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(settings.topics.all()))
+    finally:
+        await admin.close()
+    partitions = {t["topic"]: len(t["partitions"]) for t in described}
+    assert partitions == {name: 4 for name in settings.topics.all()}
