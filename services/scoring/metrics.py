@@ -1,0 +1,42 @@
+"""Scoring metrics (SPEC §9)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared.metrics import LATENCY_BUCKETS
+
+EVENTS = Counter(
+    "healthscore_scoring_events",
+    "Events consumed by scoring, by topic and outcome (applied, duplicate, dead_lettered).",
+    ["topic", "outcome"],
+)
+BATCH_DURATION = Histogram(
+    "healthscore_scoring_batch_duration_seconds",
+    "Time to apply one consumed batch (windows, scores, offsets) in one transaction.",
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "healthscore_scoring_batch_size_events",
+    "Events per consumed batch.",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+CONSUMER_LAG = Gauge(
+    "healthscore_scoring_consumer_lag_events",
+    "Events on the broker not yet applied, per partition (highwater − position).",
+    ["topic", "partition"],
+)
+EVENT_TO_SCORE = Histogram(
+    "healthscore_scoring_event_to_score_seconds",
+    "From event accepted at ingest to its account's score committed.",
+    buckets=LATENCY_BUCKETS,
+)
+ACCOUNTS_SCORED = Counter(
+    "healthscore_scoring_accounts_scored",
+    "Account evaluations committed, by trigger (events, sweep, rescore).",
+    ["trigger"],
+)
+REBALANCES = Counter(
+    "healthscore_scoring_rebalances",
+    "Consumer group partition assignments received.",
+)

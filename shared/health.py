@@ -1,0 +1,71 @@
+"""The health snapshot: what scoring publishes to ``healthscore.health`` and alerts
+consumes (one message per account whenever its score, band or KPIs change).
+
+Keyed by ``account_id``. ``revision`` increases by one with every snapshot
+published for an account, so a consumer can ignore a redelivered or older
+message (process only ``revision > last seen``).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+Band = Literal["green", "yellow", "red"]
+KpiValue = float | int | bool | None
+
+
+class MeasureResult(BaseModel):
+    """One measure of the score model, evaluated (SPEC §5)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kpi: str
+    group: str | None = None
+    value: KpiValue
+    points: float | None  # 0–100; None when the KPI is null (measure left out)
+    weight: float  # effective weight after renormalisation (0 when left out)
+    contribution: float  # points × weight, in score points
+    left_on_table: float  # (100 − points) × weight, in score points
+
+
+class HealthSnapshot(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account_id: str
+    revision: int
+    as_of: date
+    evaluated_at: AwareDatetime
+    trigger: Literal["events", "sweep", "rescore"]
+    account_name: str | None = None
+    lifecycle_stage: str | None = None
+    csm: str | None = None
+    score: float | None
+    band: Band | None
+    previous_band: Band | None = None
+    score_delta_7d: float | None = None
+    coverage: float
+    model_version: str
+    in_grace_period: bool
+    kpis: dict[str, KpiValue]
+    measures: list[MeasureResult]
+    # Earliest ingest acceptance time among the events that caused this evaluation
+    # (None for sweeps): lets alerts measure event → alert latency.
+    source_received_at: AwareDatetime | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> HealthSnapshot:
+        return cls.model_validate_json(raw)
+
+
+def is_newer(snapshot: HealthSnapshot, last_revision: int | None) -> bool:
+    return last_revision is None or snapshot.revision > last_revision
+
+
+__all__ = ["Band", "HealthSnapshot", "KpiValue", "MeasureResult", "date", "datetime", "is_newer"]
