@@ -22,7 +22,7 @@ test: $(STAMP) lint  ## lint, type-check and the whole test suite on real Postgr
 
 lint: $(STAMP)
 	$(BIN)/ruff check services shared tests
-	$(BIN)/ruff format --check services shared tests
+	$(BIN)/ruff format --check services shared tests bench
 	$(BIN)/mypy services shared
 
 fmt: $(STAMP)

@@ -1,0 +1,50 @@
+"""What a benchmark gets: real infrastructure, isolated per benchmark."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.infra import Infra, ServiceProcess, drop_database, new_database, service_env
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    bench: str
+    metric: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+@dataclass
+class BenchContext:
+    infra: Infra
+    quick: bool = False  # shorter runs (CI smoke), numbers less stable
+    _dbs: list[str] = field(default_factory=list)
+    _procs: list[ServiceProcess] = field(default_factory=list)
+
+    async def database(self, label: str) -> str:
+        url = await new_database(self.infra, f"bench_{label}")
+        self._dbs.append(url)
+        return url
+
+    def topic_prefix(self) -> str:
+        return "bench" + secrets.token_hex(3)
+
+    def env(self, database_url: str, topic_prefix: str, **extra: str) -> dict[str, str]:
+        return service_env(self.infra, database_url, topic_prefix, extra)
+
+    def service(self, name: str, env: dict[str, Any]) -> ServiceProcess:
+        proc = ServiceProcess(name, env)
+        self._procs.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        for p in self._procs:
+            p.stop()
+        for url in self._dbs:
+            await drop_database(self.infra, url)
