@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import Annotated
 
@@ -97,6 +98,31 @@ def dev(
             )
         )
     )
+
+
+@app.command()
+def demo(
+    ingest_url: Annotated[
+        str, typer.Option(help="Base URL of the ingest service.")
+    ] = "http://127.0.0.1:8000",
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="HEALTHSCORE_BOOTSTRAP_KEY", help="A key with the ingest scope."),
+    ] = None,
+    live: Annotated[
+        bool, typer.Option(help="Keep sending current activity after the backfill.")
+    ] = False,
+    scale: Annotated[int, typer.Option(min=1, max=20, help="Multiply the number of accounts.")] = 1,
+) -> None:
+    """Generate demo traffic: ~25 accounts with stories and 90 days of history."""
+    from services.demo import run_demo
+
+    if not key:
+        typer.echo("a key is needed: --key or HEALTHSCORE_BOOTSTRAP_KEY", err=True)
+        _exit(2)
+    assert key is not None
+    with contextlib.suppress(KeyboardInterrupt):
+        run_demo(ingest_url, key, live=live, scale=scale)
 
 
 @keys_app.command("create")

@@ -17,7 +17,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +136,12 @@ def run_dev(opts: DevOptions) -> int:
             """-d '{"events":[{"type":"login","account_id":"acme","user_id":"u1"}]}'"""
         )
         print("  Ctrl-C stops everything.", flush=True)
+        if opts.demo:
+            threading.Thread(
+                target=_demo, args=(f"{base}:{ports['ingest']}", key, lambda: stopping), daemon=True
+            ).start()
+        else:
+            print("  (tip: `make run DEMO=1` also generates demo traffic)", flush=True)
         while not stopping:
             dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:
@@ -158,6 +166,15 @@ def run_dev(opts: DevOptions) -> int:
         if postgres:
             postgres.stop()
         _say("stopped")
+
+
+def _demo(ingest_url: str, key: str, stop: Callable[[], bool]) -> None:
+    from services.demo import run_demo
+
+    try:
+        run_demo(ingest_url, key, live=True, say=_say, stop=stop)
+    except Exception as exc:  # the stack keeps running; the demo is optional
+        _say(f"demo traffic stopped: {exc}")
 
 
 def _wait_ready(
