@@ -66,7 +66,8 @@ class _Builder:
         when = self.now - timedelta(days=days_ago)
         start = when.replace(hour=0, minute=0, second=0, microsecond=0)
         at = start + timedelta(hours=h)
-        return min(at, self.now - timedelta(seconds=1))
+        # leave room for the session and feature events a few minutes after a login
+        return min(at, self.now - timedelta(minutes=5))
 
     def account(self, days_ago: int, **attrs: Any) -> None:
         self._add("account_updated", self.day(days_ago, 7), **attrs)
