@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,10 +102,12 @@ def _descendants_alive(data_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_dev_stack_runs_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
+def test_dev_stack_runs_stops_cleanly_and_keeps_data() -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "dev-stack.log"
-    data_dir = Path("/tmp") / f"hs-dev-{tmp_path.name}"
+    # Not under tmp_path: as root the data folder must be reachable by the postgres
+    # system user, and pytest's tmp folders are private to root.
+    data_dir = Path(tempfile.mkdtemp(prefix="hs-dev-", dir="/tmp"))
     ports = [free_port(), free_port(), free_port()]
     proc = _start(data_dir, ports, log)
     try:
@@ -139,3 +143,4 @@ def test_dev_stack_runs_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     assert _descendants_alive(data_dir) == []
+    shutil.rmtree(data_dir, ignore_errors=True)
