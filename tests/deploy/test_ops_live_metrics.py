@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,7 +86,9 @@ def test_live_metrics_pass_promtool_check_metrics(
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == "", result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", (
+        result.stdout + result.stderr
+    )
 
 
 def _queried_names() -> dict[str, set[str]]:
@@ -269,7 +270,8 @@ def test_prometheus_answers_the_http_request_rate(
 ) -> None:
     result = query_until(
         prometheus,
-        'sum by (service, route) (rate(healthscore_http_request_duration_seconds_count{service="ingest", route="/v1/events", status="202"}[15s]))',
+        "sum by (service, route) (rate(healthscore_http_request_duration_seconds_count"
+        '{service="ingest", route="/v1/events", status="202"}[15s]))',
         lambda r: len(r) == 1 and _values(r)[0] > 0,
         between=lambda: post_events(stack["ingest"], 2),
     )

@@ -16,7 +16,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.tools import DASHBOARD, DEPLOY, load_yaml_docs, require_tool
+from tests.deploy.tools import (
+    DASHBOARD,
+    DEPLOY,
+    load_yaml_docs,
+    require_tool,
+    setting_env_vars,
+)
 
 K8S = DEPLOY / "kubernetes"
 K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests promise to work on
@@ -52,7 +58,9 @@ def test_kustomization_lists_every_manifest_file() -> None:
     assert set(kustomization["resources"]) == files
 
 
-@pytest.mark.parametrize("kind_name", [f"{d['kind']}/{d['metadata']['name']}" for _, d in _manifests()])
+@pytest.mark.parametrize(
+    "kind_name", [f"{d['kind']}/{d['metadata']['name']}" for _, d in _manifests()]
+)
 def test_manifest_validates_against_the_kubernetes_schema(kind_name: str) -> None:
     doc = next(d for _, d in _manifests() if f"{d['kind']}/{d['metadata']['name']}" == kind_name)
     if doc["apiVersion"] == "monitoring.coreos.com/v1":
@@ -118,9 +126,13 @@ def test_ingest_waits_before_stopping_so_no_request_hits_a_closed_port() -> None
 
 
 def test_scoring_replicas_do_not_exceed_partitions_and_say_why() -> None:
-    partitions = int(_by_kind("ConfigMap")["healthscore-config"]["data"]["HEALTHSCORE_TOPIC_PARTITIONS"])
+    partitions = int(
+        _by_kind("ConfigMap")["healthscore-config"]["data"]["HEALTHSCORE_TOPIC_PARTITIONS"]
+    )
     assert _by_kind("Deployment")["healthscore-scoring"]["spec"]["replicas"] <= partitions
-    assert re.search(r"replicas\s*<=\s*HEALTHSCORE_TOPIC_PARTITIONS", (K8S / "scoring.yaml").read_text())
+    assert re.search(
+        r"replicas\s*<=\s*HEALTHSCORE_TOPIC_PARTITIONS", (K8S / "scoring.yaml").read_text()
+    )
 
 
 def test_migration_job_runs_healthscore_migrate_once() -> None:
@@ -139,17 +151,13 @@ def test_secret_is_an_example_with_placeholders_only() -> None:
 
 
 def test_config_map_names_only_settings_the_services_read() -> None:
-    from services.alerts.settings import AlertsSettings
-    from services.ingest.settings import IngestSettings
-    from services.scoring.settings import ScoringSettings
-
-    known = set()
-    for cls in (IngestSettings, ScoringSettings, AlertsSettings):
-        for name, field in cls.model_fields.items():
-            alias = field.validation_alias
-            known.add(str(alias) if isinstance(alias, str) else f"HEALTHSCORE_{name.upper()}")
     data = _by_kind("ConfigMap")["healthscore-config"]["data"]
-    assert set(data) - known == set(), "ConfigMap keys no service reads"
+    secret = _by_kind("Secret")["healthscore-secrets"]["stringData"]
+    assert set(data) - setting_env_vars() == set(), "ConfigMap keys no service reads"
+    assert set(secret) - setting_env_vars() == set(), "Secret keys no service reads"
+    assert not set(data) & set(secret)
+    # scoring and alerts share this ConfigMap: one consumer group for both would be wrong
+    assert "HEALTHSCORE_CONSUMER_GROUP" not in data
 
 
 def test_service_monitor_selects_the_services() -> None:
@@ -290,13 +298,16 @@ def test_dashboard_panels_have_unique_ids_and_fit_the_grid() -> None:
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids))
     for p in panels:
-        assert 0 <= p["gridPos"]["x"] and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        assert p["gridPos"]["x"] >= 0 and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
 
 
 def test_dashboard_has_red_panels_for_each_service() -> None:
     for service in SERVICES:
         exprs = " ".join(
-            t["expr"] for p in _panels() for t in p["targets"] if f'service="{service}"' in t["expr"]
+            t["expr"]
+            for p in _panels()
+            for t in p["targets"]
+            if f'service="{service}"' in t["expr"]
         )
         assert "healthscore_http_request_duration_seconds_count" in exprs  # rate + errors
         assert 'status=~"4..|5.."' in exprs or 'status=~"5.."' in exprs

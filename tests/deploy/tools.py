@@ -99,5 +99,20 @@ def exposition_names(text: str) -> set[str]:
     return names
 
 
+def setting_env_vars() -> set[str]:
+    """The environment variables the three services' settings classes read."""
+    from services.alerts.settings import AlertsSettings
+    from services.ingest.settings import IngestSettings
+    from services.scoring.settings import ScoringSettings
+
+    names = set()
+    for cls in (IngestSettings, ScoringSettings, AlertsSettings):
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            names.add(alias if isinstance(alias, str) else f"{prefix}{name}".upper())
+    return names
+
+
 def load_yaml_docs(path: Path) -> list[dict[str, object]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
