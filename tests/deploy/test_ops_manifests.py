@@ -5,10 +5,12 @@ promtool, the Grafana dashboard and its provisioning well-formed."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tests.deploy.tools import (
     require_tool,
     setting_env_vars,
 )
+from tests.infra import ROOT
 
 K8S = DEPLOY / "kubernetes"
 K8S_VERSION = "1.30.0"  # oldest Kubernetes the manifests promise to work on
@@ -231,6 +234,9 @@ def test_compose_is_wired_together() -> None:
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    # fixed, so the data volume survives restarts; Kafka wants a base64url-encoded UUID
+    assert len(base64.urlsafe_b64decode(kafka["environment"]["CLUSTER_ID"] + "==")) == 16
+    assert "ZOOKEEPER" not in " ".join(kafka["environment"])
 
 
 def test_compose_mounts_files_that_exist() -> None:
@@ -250,6 +256,13 @@ def test_dockerfile_runs_healthscore_as_non_root_without_dev_extra() -> None:
     installs = re.findall(r"pip install ([^\n\\]*)", text)
     assert any(i.strip() == "." for i in installs), installs
     assert "[dev]" not in text
+    # what `pip install .` needs: the project metadata (readme included) and every package
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copies = re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M)
+    copied = {word for line in copies for word in line.split()[:-1]}  # sources, not the target
+    assert {"pyproject.toml", project["project"]["readme"]} <= copied
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert pattern.rstrip("*") in copied, f"the image misses package {pattern}"
 
 
 def test_compose_prometheus_config_scrapes_the_three_services(tmp_path: Path) -> None:
