@@ -231,7 +231,7 @@ def query_until(
     url: str,
     promql: str,
     ok: Callable[[list[dict[str, Any]]], bool],
-    timeout: float = 15,
+    timeout: float = 10,
     between: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Poll an instant query until ``ok(result)``; ``between`` runs before each try
