@@ -10,6 +10,7 @@ is not at every head.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+log = logging.getLogger(__name__)
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,17 +58,35 @@ class NotMigrated(RuntimeError):
 
 
 async def check_migrated(engine: AsyncEngine) -> None:
-    """Raise :class:`NotMigrated` with a clear message unless the schema is current."""
+    """Raise :class:`NotMigrated` with a clear message unless the schema is current.
+
+    A database *ahead* of this code (a revision this code does not know: a newer
+    release ran ``migrate`` during a rolling upgrade) is accepted with a warning —
+    migrations are written to be backwards compatible for one release — so old
+    pods that restart mid-rollout keep running.
+    """
     try:
         async with engine.connect() as conn:
             rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
     except ProgrammingError:
         rows = []
     current = {r[0] for r in rows}
-    expected = await asyncio.to_thread(expected_heads)
-    if current != expected:
-        raise NotMigrated(
-            "the database schema is not up to date "
-            f"(at {sorted(current) or 'nothing'}, need {sorted(expected)}): "
-            "run `healthscore migrate`"
+    expected, known = await asyncio.to_thread(_heads_and_known)
+    if current == expected:
+        return
+    if current - known:
+        log.warning(
+            "the database schema is newer than this release",
+            extra={"unknown_revisions": sorted(current - known)},
         )
+        return
+    raise NotMigrated(
+        "the database schema is not up to date "
+        f"(at {sorted(current) or 'nothing'}, need {sorted(expected)}): "
+        "run `healthscore migrate`"
+    )
+
+
+def _heads_and_known() -> tuple[set[str], set[str]]:
+    script = ScriptDirectory.from_config(alembic_config("postgresql://unused/"))
+    return set(script.get_heads()), {rev.revision for rev in script.walk_revisions()}

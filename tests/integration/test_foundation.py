@@ -89,3 +89,22 @@ async def test_ensure_topics_creates_missing_topics_with_partitions(
         await admin.close()
     partitions = {t["topic"]: len(t["partitions"]) for t in described}
     assert partitions == {name: 4 for name in settings.topics.all()}
+
+
+async def test_database_ahead_of_this_release_is_accepted(infra: Infra) -> None:
+    """Rolling upgrade: a newer release migrated; old pods must keep starting."""
+    url = await new_database(infra, "ahead")
+    engine = db.create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "INSERT INTO alembic_version (version_num) VALUES ('future_0001')"
+            )
+        await check_migrated(engine)  # no NotMigrated
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("DELETE FROM alembic_version")
+        with pytest.raises(NotMigrated):
+            await check_migrated(engine)
+    finally:
+        await engine.dispose()
+        await drop_database(infra, url)
