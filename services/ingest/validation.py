@@ -1,0 +1,250 @@
+"""Validation of ``POST /v1/events`` bodies and the messages ingest publishes (SPEC §3.1).
+
+Pure: bytes in, either a list of :class:`Problem` (answer 422, publish nothing)
+or a list of :class:`Outgoing` messages ready for Kafka. The HTTP adapter only
+reads the body and publishes.
+
+Why it looks the way it does (the hot path, ~hundreds of thousands of events/s):
+the whole ``events`` array is validated in one call of pydantic's Rust core in
+*strict* JSON mode (``"5"`` is not an int, ``1`` is not a bool), and since strict
+mode never coerces, the published message is the client's own JSON object with
+only ``id``, ``timestamp`` and ``received_at`` set by us and ``sent_at`` removed —
+exactly what :func:`shared.events.encode_event` would write for that event, without
+building and dumping a model copy per event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from shared.events import (
+    EVENT_TYPES,
+    MAX_AGE,
+    MAX_EVENT_BYTES,
+    MAX_EVENTS_PER_REQUEST,
+    MAX_FUTURE,
+    TOPIC_OF,
+    Event,
+    Topic,
+)
+
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a request is refused. ``index`` is the event's position in the
+    request (None for the request as a whole); ``field`` the offending field
+    (None when the event as a whole is wrong)."""
+
+    index: int | None
+    field: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message for Kafka: the event's topic kind, key (account id) and value."""
+
+    type: str
+    topic: Topic
+    key: bytes
+    value: bytes
+
+
+class Malformed(Exception):
+    """The body is not JSON at all: answer 400."""
+
+
+class TooLarge(Exception):
+    """Too many events, or one event over 32 KiB: answer 413."""
+
+
+class _EventsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event]
+
+
+_BODY_ADAPTER: TypeAdapter[_EventsBody] = TypeAdapter(_EventsBody)
+_EVENT_LIST: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(f"the body is not valid JSON: {exc}") from exc
+
+
+def type_label(raw: object) -> str:
+    """A bounded metrics label for a raw event: its type when in the catalogue."""
+    if isinstance(raw, dict):
+        t = raw.get("type")
+        if isinstance(t, str) and t in _EVENT_TYPE_SET:
+            return t
+    return "unknown"
+
+
+def check_count(events: Sequence[object]) -> None:
+    """Raise :class:`TooLarge` for more than 2,500 events."""
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise TooLarge(
+            f"{len(events)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}"
+        )
+
+
+def check_sizes(events: Sequence[object], body_size: int) -> None:
+    """Raise :class:`TooLarge` for an event whose compact JSON is over 32 KiB."""
+    if body_size <= MAX_EVENT_BYTES:
+        return  # no event can be larger than the body that holds it
+    for i, ev in enumerate(events):
+        size = len(orjson.dumps(ev))
+        if size > MAX_EVENT_BYTES:
+            raise TooLarge(
+                f"event {i} is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (32 KiB)"
+            )
+
+
+def _problems(exc: ValidationError, *, prefix: int) -> list[Problem]:
+    """Per-event problems from pydantic errors whose ``loc`` starts after ``prefix``
+    items (``("events", i, tag, field…)`` → prefix 1)."""
+    out: list[Problem] = []
+    field: str | None
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = err["loc"][prefix:]
+        if not loc or not isinstance(loc[0], int):
+            field = ".".join(str(p) for p in err["loc"]) or None
+            out.append(Problem(None, field, err["msg"]))
+            continue
+        index = loc[0]
+        rest = [str(p) for p in loc[2:]]  # loc[1] is the discriminator tag
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field = "type"
+            message = (
+                "missing event type"
+                if err["type"] == "union_tag_not_found"
+                else "unknown event type; expected one of: " + ", ".join(EVENT_TYPES)
+            )
+        else:
+            field = ".".join(rest) or None
+            message = err["msg"]
+            if message.startswith("Value error, "):
+                message = message[len("Value error, ") :]
+        out.append(Problem(index, field, message))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The moment a request was received and the event times it accepts."""
+
+    now: datetime
+    latest: datetime  # now + 5 minutes
+    earliest: datetime  # now - 400 days
+
+    @classmethod
+    def at(cls, now: datetime) -> Receipt:
+        return cls(now, now + MAX_FUTURE, now - MAX_AGE)
+
+
+def finalise(
+    index: int,
+    event: Any,
+    raw: dict[str, Any],
+    receipt: Receipt,
+    new_id: Callable[[], str],
+) -> Outgoing | Problem:
+    """The message for one validated event, or why its time is unacceptable.
+
+    ``raw`` is the event's JSON object (the client's, or the Segment mapping's)
+    and is modified in place: ``id`` assigned when absent, ``timestamp`` defaulted
+    to receipt time and corrected for client clock skew with ``sent_at``
+    (``timestamp + (received_at − sent_at)``), ``received_at`` stamped — the same
+    result as :func:`shared.events.normalise` followed by ``encode_event``.
+    """
+    now = receipt.now
+    ts = event.timestamp
+    if ts is None:
+        ts = now
+    elif event.sent_at is not None:
+        ts = ts + (now - event.sent_at)
+    if ts > receipt.latest:
+        return Problem(index, "timestamp", "timestamp is more than 5 minutes in the future")
+    if ts < receipt.earliest:
+        return Problem(index, "timestamp", "timestamp is older than 400 days")
+    if ts.utcoffset():
+        ts = ts.astimezone(UTC)
+    raw.pop("sent_at", None)
+    if event.id is None:
+        raw["id"] = new_id()
+    raw["timestamp"] = ts
+    raw["received_at"] = now
+    t = event.type
+    return Outgoing(t, TOPIC_OF[t], event.account_id.encode(), orjson.dumps(raw, option=_UTC_Z))
+
+
+_UTC_Z = orjson.OPT_UTC_Z
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def validate_events(
+    body: bytes,
+    *,
+    now: datetime,
+    new_id: Callable[[], str] = new_uuid,
+) -> tuple[list[Outgoing], list[Problem], list[Any]]:
+    """Validate a ``{"events": [...]}`` body.
+
+    Returns ``(messages, problems, raw_events)``: when ``problems`` is not empty the
+    request must be refused (422) and nothing published. Raises :class:`Malformed`
+    (400) or :class:`TooLarge` (413).
+    """
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        return [], [Problem(None, None, 'the body must be a JSON object {"events": [...]}')], []
+    raw_events = doc.get("events")
+    if not isinstance(raw_events, list):
+        return [], [Problem(None, "events", "events must be a list of events")], []
+    check_count(raw_events)
+    if not raw_events:
+        return [], [Problem(None, "events", f"send 1 to {MAX_EVENTS_PER_REQUEST} events")], []
+    try:
+        parsed = _BODY_ADAPTER.validate_json(body, strict=True).events
+    except ValidationError as exc:
+        # Sizes are checked only here: a valid event is always far below 32 KiB
+        # (every string field has a maximum length), so the hot path skips it.
+        check_sizes(raw_events, len(body))
+        return [], _problems(exc, prefix=1), raw_events
+    receipt = Receipt.at(now)
+    messages: list[Outgoing] = []
+    problems: list[Problem] = []
+    for i, (event, raw) in enumerate(zip(parsed, raw_events, strict=True)):
+        result = finalise(i, event, raw, receipt, new_id)
+        if type(result) is Outgoing:
+            messages.append(result)
+        else:
+            problems.append(result)  # type: ignore[arg-type]
+    return messages, problems, raw_events
+
+
+def validate_one(index: int, raw: dict[str, Any]) -> Any:
+    """Validate one mapped event (lax: Segment payloads are not ours to make strict);
+    returns the model or a :class:`Problem`."""
+    try:
+        return _EVENT_LIST.validate_python([raw])[0]
+    except ValidationError as exc:
+        first = _problems(exc, prefix=0)[0]
+        return Problem(index, first.field, first.message)
