@@ -1,0 +1,88 @@
+"""Pure parts of ingest: bounded body reading, rate limiting maths, validation results."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from services.ingest.rate_limit import RateLimiter, TokenBucket, retry_after_header
+from services.ingest.request_body import BodyTooLarge, BodyUnreadable, read_all
+from services.ingest.validation import Outgoing, validate_events
+from shared.events import Login, decode_event, encode_event, normalise
+
+
+def test_plain_body_under_the_limit_is_joined() -> None:
+    assert read_all([b"ab", b"cd"], 4) == b"abcd"
+
+
+def test_plain_body_over_the_limit_is_refused_at_the_chunk_that_passes_it() -> None:
+    with pytest.raises(BodyTooLarge, match="limit of 4 bytes"):
+        read_all([b"ab", b"cde"], 4)
+
+
+def test_gzip_body_is_inflated() -> None:
+    assert read_all([gzip.compress(b"x" * 1000)], 1000, gzip=True) == b"x" * 1000
+
+
+def test_gzip_bomb_is_refused_without_inflating_it() -> None:
+    bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))
+    with pytest.raises(BodyTooLarge, match="uncompressed body"):
+        read_all([bomb[i : i + 4096] for i in range(0, len(bomb), 4096)], 1024, gzip=True)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"plain text", id="not-gzip"),
+        pytest.param(gzip.compress(b"hello")[:-4], id="truncated"),
+    ],
+)
+def test_broken_gzip_is_unreadable(data: bytes) -> None:
+    with pytest.raises(BodyUnreadable):
+        read_all([data], 1000, gzip=True)
+
+
+def test_token_bucket_allows_burst_then_waits() -> None:
+    bucket = TokenBucket(rate=2.0, capacity=2.0, tokens=2.0, updated=0.0)
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == 0.0
+    assert bucket.take(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5) == 0.0  # refilled one token in half a second
+
+
+def test_rate_limiter_ignores_keys_without_a_limit_and_tracks_per_key() -> None:
+    limiter = RateLimiter()
+    assert all(limiter.check("free", None, 0.0) == 0.0 for _ in range(100))
+    assert limiter.check("a", 1.0, 0.0) == 0.0
+    assert limiter.check("a", 1.0, 0.1) == pytest.approx(0.9)
+    assert limiter.check("b", 1.0, 0.1) == 0.0
+    assert limiter.check("a", 1.0, 1.0) == 0.0
+
+
+@pytest.mark.parametrize(("wait", "header"), [(0.01, "1"), (1.0, "1"), (1.2, "2"), (99.5, "100")])
+def test_retry_after_is_whole_seconds_at_least_one(wait: float, header: str) -> None:
+    assert retry_after_header(wait) == header
+
+
+def test_published_message_equals_the_shared_encoder() -> None:
+    """What ingest writes is what encode_event(normalise(event)) writes."""
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    event = {
+        "type": "login",
+        "account_id": "a",
+        "user_id": "u",
+        "timestamp": "2026-11-20T13:00:00+02:00",
+        "sent_at": "2026-11-20T13:30:00+02:00",
+    }
+    messages, problems, _ = validate_events(
+        orjson.dumps({"events": [event]}), now=now, new_id=lambda: "id-1"
+    )
+    assert problems == []
+    (msg,) = messages
+    assert isinstance(msg, Outgoing) and msg.key == b"a" and msg.topic == "product"
+    expected = normalise(Login.model_validate(event), received_at=now, new_id="id-1")
+    assert decode_event(msg.value) == decode_event(encode_event(expected))
+    assert decode_event(msg.value).timestamp == now - timedelta(minutes=30)
