@@ -177,7 +177,10 @@ def finalise(
     if ts is None:
         ts = now
     elif event.sent_at is not None:
-        ts = ts + (now - event.sent_at)
+        try:
+            ts = ts + (now - event.sent_at)
+        except OverflowError:
+            return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
     if ts > receipt.latest:
         return Problem(index, "timestamp", "timestamp is more than 5 minutes in the future")
     if ts < receipt.earliest:

@@ -257,6 +257,18 @@ ANCIENT = iso(NOW - timedelta(days=401))
             id="future",
         ),
         pytest.param(
+            {
+                "type": "login",
+                "account_id": "a",
+                "user_id": "u",
+                "timestamp": "9999-12-31T00:00:00Z",
+                "sent_at": "0001-01-01T00:00:00Z",
+            },
+            "sent_at",
+            "sent_at is too far from the time of receipt",
+            id="skew-overflow",
+        ),
+        pytest.param(
             {"type": "login", "account_id": "a", "user_id": "u", "timestamp": ANCIENT},
             "timestamp",
             "timestamp is older than 400 days",
