@@ -347,10 +347,34 @@ def _too_large_message() -> str:
     return f"the body is larger than the limit of {MAX_REQUEST_BYTES} bytes (512 KiB)"
 
 
+def keep_freed_memory() -> None:
+    """Stop glibc from trimming the heap after every request.
+
+    Each request allocates and frees a few MiB of small objects (parsed JSON,
+    models, encoded messages). With glibc's default trim threshold the heap is
+    returned to the OS and grown again constantly; measured on this workload,
+    encoding 500 messages took ~10× longer than with a 64 MiB threshold. Keeping
+    up to 64 MiB of freed memory in the process is the cheaper trade.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 16 * 1024 * 1024)  # M_TOP_PAD
+    except (OSError, AttributeError):
+        return  # not glibc: nothing to tune
+
+
 def run(host: str, port: int) -> int:
     from shared.logs import setup_logging
     from shared.runner import serve
 
+    keep_freed_memory()
     settings = IngestSettings()
     setup_logging("ingest", settings.log_level, settings.log_format)
 

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -52,8 +52,7 @@ class Problem:
         return {"index": self.index, "field": self.field, "message": self.message}
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """One message for Kafka: the event's topic kind, key (account id) and value."""
 
     type: str
@@ -148,13 +147,28 @@ def _problems(exc: ValidationError, *, prefix: int) -> list[Problem]:
 class Receipt:
     """The moment a request was received and the event times it accepts."""
 
-    now: datetime
-    latest: datetime  # now + 5 minutes
-    earliest: datetime  # now - 400 days
+    now: datetime  # aware UTC
+    now_text: str  # RFC 3339, UTC
+    latest: float  # epoch seconds: now + 5 minutes
+    earliest: float  # epoch seconds: now - 400 days
 
     @classmethod
     def at(cls, now: datetime) -> Receipt:
-        return cls(now, now + MAX_FUTURE, now - MAX_AGE)
+        now = now.astimezone(UTC)
+        return cls(
+            now,
+            now.isoformat().replace("+00:00", "Z"),
+            (now + MAX_FUTURE).timestamp(),
+            (now - MAX_AGE).timestamp(),
+        )
+
+
+def _is_utc_rfc3339(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and value[10:11] == "T"
+        and (value.endswith("Z") or value.endswith("+00:00"))
+    )
 
 
 def finalise(
@@ -169,29 +183,35 @@ def finalise(
     ``raw`` is the event's JSON object (the client's, or the Segment mapping's)
     and is modified in place: ``id`` assigned when absent, ``timestamp`` defaulted
     to receipt time and corrected for client clock skew with ``sent_at``
-    (``timestamp + (received_at − sent_at)``), ``received_at`` stamped — the same
-    result as :func:`shared.events.normalise` followed by ``encode_event``.
+    (``timestamp + (received_at − sent_at)``), normalised to UTC, ``received_at``
+    stamped — the same result as :func:`shared.events.normalise` followed by
+    ``encode_event``. (Hot path: a client timestamp already in UTC RFC 3339 is
+    kept as the client's string rather than re-formatted.)
     """
-    now = receipt.now
     ts = event.timestamp
     if ts is None:
-        ts = now
-    elif event.sent_at is not None:
+        raw["timestamp"] = receipt.now_text
+    else:
+        if event.sent_at is not None:
+            try:
+                ts = ts + (receipt.now - event.sent_at)
+            except OverflowError:
+                return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
+            del raw["sent_at"]
+            raw["timestamp"] = ts.astimezone(UTC)
+        elif not _is_utc_rfc3339(raw["timestamp"]):
+            raw["timestamp"] = ts.astimezone(UTC)
         try:
-            ts = ts + (now - event.sent_at)
-        except OverflowError:
-            return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
-    if ts > receipt.latest:
-        return Problem(index, "timestamp", "timestamp is more than 5 minutes in the future")
-    if ts < receipt.earliest:
-        return Problem(index, "timestamp", "timestamp is older than 400 days")
-    if ts.utcoffset():
-        ts = ts.astimezone(UTC)
-    raw.pop("sent_at", None)
+            epoch = ts.timestamp()
+        except (OverflowError, ValueError):
+            epoch = float("inf") if ts.year > 2000 else float("-inf")
+        if epoch > receipt.latest:
+            return Problem(index, "timestamp", "timestamp is more than 5 minutes in the future")
+        if epoch < receipt.earliest:
+            return Problem(index, "timestamp", "timestamp is older than 400 days")
     if event.id is None:
         raw["id"] = new_id()
-    raw["timestamp"] = ts
-    raw["received_at"] = now
+    raw["received_at"] = receipt.now_text
     t = event.type
     return Outgoing(t, TOPIC_OF[t], event.account_id.encode(), orjson.dumps(raw, option=_UTC_Z))
 
