@@ -151,24 +151,57 @@ class Receipt:
     now_text: str  # RFC 3339, UTC
     latest: float  # epoch seconds: now + 5 minutes
     earliest: float  # epoch seconds: now - 400 days
+    latest_text: str  # the same as "YYYY-MM-DDTHH:MM:SS" in UTC
+    earliest_text: str
 
     @classmethod
     def at(cls, now: datetime) -> Receipt:
         now = now.astimezone(UTC)
+        latest, earliest = now + MAX_FUTURE, now - MAX_AGE
         return cls(
             now,
             now.isoformat().replace("+00:00", "Z"),
-            (now + MAX_FUTURE).timestamp(),
-            (now - MAX_AGE).timestamp(),
+            latest.timestamp(),
+            earliest.timestamp(),
+            latest.isoformat()[:19],
+            earliest.isoformat()[:19],
         )
 
+    def time_problem(self, ts: datetime, text: str | None) -> str | None:
+        """Why ``ts`` is unacceptable, or None. ``text``: the client's string when
+        it is UTC RFC 3339 with seconds — then the check is a string comparison
+        (same order as time), which is much cheaper than ``ts.timestamp()``."""
+        if text is not None:
+            second = text[:19]
+            if self.earliest_text < second < self.latest_text:
+                return None
+            if second > self.latest_text:
+                return "timestamp is more than 5 minutes in the future"
+            if second < self.earliest_text:
+                return "timestamp is older than 400 days"
+        try:
+            epoch = ts.timestamp()
+        except (OverflowError, ValueError):
+            epoch = float("inf") if ts.year > 2000 else float("-inf")
+        if epoch > self.latest:
+            return "timestamp is more than 5 minutes in the future"
+        if epoch < self.earliest:
+            return "timestamp is older than 400 days"
+        return None
 
-def _is_utc_rfc3339(value: object) -> bool:
-    return (
+
+def _utc_rfc3339(value: object) -> str | None:
+    """``value`` when it is a "YYYY-MM-DDTHH:MM:SS…" string in UTC, else None."""
+    if (
         isinstance(value, str)
-        and value[10:11] == "T"
+        and len(value) >= 20
+        and value[10] == "T"
+        and value[13] == ":"
+        and value[16] == ":"
         and (value.endswith("Z") or value.endswith("+00:00"))
-    )
+    ):
+        return value
+    return None
 
 
 def finalise(
@@ -199,16 +232,14 @@ def finalise(
                 return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
             del raw["sent_at"]
             raw["timestamp"] = ts.astimezone(UTC)
-        elif not _is_utc_rfc3339(raw["timestamp"]):
-            raw["timestamp"] = ts.astimezone(UTC)
-        try:
-            epoch = ts.timestamp()
-        except (OverflowError, ValueError):
-            epoch = float("inf") if ts.year > 2000 else float("-inf")
-        if epoch > receipt.latest:
-            return Problem(index, "timestamp", "timestamp is more than 5 minutes in the future")
-        if epoch < receipt.earliest:
-            return Problem(index, "timestamp", "timestamp is older than 400 days")
+            text = None
+        else:
+            text = _utc_rfc3339(raw["timestamp"])
+            if text is None:
+                raw["timestamp"] = ts.astimezone(UTC)
+        problem = receipt.time_problem(ts, text)
+        if problem is not None:
+            return Problem(index, "timestamp", problem)
     if event.id is None:
         raw["id"] = new_id()
     raw["received_at"] = receipt.now_text

@@ -86,3 +86,35 @@ def test_published_message_equals_the_shared_encoder() -> None:
     expected = normalise(Login.model_validate(event), received_at=now, new_id="id-1")
     assert decode_event(msg.value) == decode_event(encode_event(expected))
     assert decode_event(msg.value).timestamp == now - timedelta(minutes=30)
+
+
+@pytest.mark.parametrize(
+    ("offset", "problem"),
+    [
+        pytest.param(timedelta(minutes=4, seconds=59), None, id="just-in-future-ok"),
+        pytest.param(timedelta(minutes=5, seconds=1), "future", id="just-too-far-ahead"),
+        pytest.param(timedelta(minutes=5, microseconds=500_000), "future", id="same-second-ahead"),
+        pytest.param(-timedelta(days=399, hours=23), None, id="old-but-ok"),
+        pytest.param(-timedelta(days=400, seconds=1), "older", id="too-old"),
+        pytest.param(timedelta(0), None, id="now"),
+    ],
+)
+@pytest.mark.parametrize("form", ["Z", "+00:00", "+02:00"])
+def test_time_window_boundaries_whatever_the_format(
+    offset: timedelta, problem: str | None, form: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    from services.ingest.validation import Receipt
+
+    now = datetime(2026, 11, 20, 12, 0, 0, 250_000, tzinfo=UTC)
+    ts = now + offset
+    if form == "+02:00":
+        ts = ts.astimezone(ZoneInfo("Africa/Cairo"))
+    text = ts.isoformat().replace("+00:00", form if form != "+02:00" else "+00:00")
+    receipt = Receipt.at(now)
+    utc_text = text if form != "+02:00" else None
+    got = receipt.time_problem(ts, utc_text)
+    assert (got is None) == (problem is None)
+    if problem:
+        assert got is not None and problem in got
