@@ -21,7 +21,7 @@ from tests.infra import BOOTSTRAP_KEY
 from tests.ingest_helpers import settings_from
 
 BATCH = 500
-CLIENTS = 12
+CLIENTS = 8
 ACCOUNTS = 200
 
 
