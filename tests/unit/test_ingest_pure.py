@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.ingest.rate_limit import RateLimiter, TokenBucket, retry_after_header
 from services.ingest.request_body import BodyTooLarge, BodyUnreadable, read_all
 from services.ingest.validation import Outgoing, validate_events
-from shared.events import Login, decode_event, encode_event, normalise
+from shared.events import EVENT_TYPES, Login, decode_event, encode_event, normalise
 
 
 def test_plain_body_under_the_limit_is_joined() -> None:
@@ -118,3 +120,65 @@ def test_time_window_boundaries_whatever_the_format(
     assert (got is None) == (problem is None)
     if problem:
         assert got is not None and problem in got
+
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 12),
+    st.floats(-2, 90_000, allow_nan=False),
+    st.sampled_from(
+        [
+            "",
+            "x",
+            "email",
+            "inbound",
+            "champion",
+            "nps",
+            "csat",
+            "trial",
+            "2026-11-20",
+            "2026-11-20T10:00:00Z",
+            "2026-11-20T10:00:00",
+            "x" * 300,
+        ]
+    ),
+)
+_field_names = [
+    "id", "user_id", "feature", "count", "duration_seconds", "name", "seats_purchased",
+    "lifecycle_stage", "plan", "arr", "renewal_date", "csm", "channel", "direction",
+    "contact_id", "sentiment", "escalation", "subject", "role", "email", "left_company",
+    "survey", "score", "comment", "onboarding_completed_at", "timestamp", "sent_at", "bogus",
+]  # fmt: skip
+_events = st.fixed_dictionaries(
+    {"type": st.sampled_from([*EVENT_TYPES, "nope"]), "account_id": st.sampled_from(["a", ""])},
+    optional={f: _values for f in _field_names},
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_events, min_size=1, max_size=3))
+def test_fast_validation_accepts_exactly_what_the_catalogue_models_accept(
+    events: list[dict[str, object]],
+) -> None:
+    """The TypedDict fast path is generated from the models; it must never let
+    through an event the models refuse (nor refuse one they accept)."""
+    from pydantic import ValidationError
+
+    from services.ingest.validation import _BODY_ADAPTER, _MODEL_CHECKED, _MODELS_BODY_ADAPTER
+
+    body = orjson.dumps({"events": events})
+    try:
+        _MODELS_BODY_ADAPTER.validate_json(body, strict=True)
+        models_ok = True
+    except ValidationError:
+        models_ok = False
+    try:
+        for e in _BODY_ADAPTER.validate_json(body, strict=True)["events"]:
+            model = _MODEL_CHECKED.get(e["type"])
+            if model is not None:
+                model.model_validate(e)
+        fast_ok = True
+    except ValidationError:
+        fast_ok = False
+    assert fast_ok == models_ok
