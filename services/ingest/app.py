@@ -303,7 +303,7 @@ def _segment_message(plan: Plan, receipt: Receipt) -> Outgoing | Problem:
     # The mapping validates leniently (Segment clients send "10" for 10), so the
     # message is the model's own JSON, not the client's values.
     raw = event.model_dump(mode="json", exclude_unset=True)
-    return finalise(plan.index, event, raw, receipt, new_uuid)
+    return finalise(plan.index, event.__dict__, raw, receipt, new_uuid)
 
 
 def _count(by_type: Counter[str] | Iterable[tuple[str, int]], outcome: str) -> None:
