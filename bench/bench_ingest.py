@@ -7,6 +7,7 @@ and the same broker. The goal (issue 3): ingest ≥ 2× the raw loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,6 +63,13 @@ def make_events(n: int, tag: str) -> list[dict[str, Any]]:
     return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def ingest_rate(url: str, bodies: list[bytes]) -> float:
     """Events/s for posting every body, CLIENTS at a time."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -89,8 +97,9 @@ async def ingest_rate(url: str, bodies: list[bytes]) -> float:
     return (len(bodies) - 1) * BATCH / elapsed  # the warm-up body was re-sent by a worker too
 
 
-async def raw_rate(settings: IngestSettings, events: list[dict[str, Any]]) -> float:
-    """Messages/s for the plain aiokafka loop: send() per message, then gather."""
+async def raw_rate(settings: IngestSettings, events: list[dict[str, Any]]) -> tuple[float, float]:
+    """Messages/s for the plain aiokafka loop (send() per message, then gather),
+    and its CPU seconds."""
     topics = settings.topics
     payloads = [
         (
@@ -104,13 +113,13 @@ async def raw_rate(settings: IngestSettings, events: list[dict[str, Any]]) -> fl
     await producer.start()
     try:
         await producer.send_and_wait(payloads[0][0], payloads[0][2], key=payloads[0][1])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         futures = [await producer.send(t, v, key=k) for t, k, v in payloads]
         await asyncio.gather(*futures)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         await producer.stop()
-    return len(payloads) / elapsed
+    return len(payloads) / elapsed, cpu
 
 
 async def run(ctx: BenchContext) -> list[Row]:
@@ -124,11 +133,16 @@ async def run(ctx: BenchContext) -> list[Row]:
 
     events = make_events(n, "ing")
     bodies = [orjson.dumps({"events": events[i : i + BATCH]}) for i in range(0, n, BATCH)]
+    assert proc.proc is not None
+    server_cpu = process_cpu_seconds(proc.proc.pid)
     ingest = await ingest_rate(proc.url, bodies)
-    raw = await raw_rate(settings, make_events(n, "raw"))
+    server_cpu = process_cpu_seconds(proc.proc.pid) - server_cpu
+    raw, raw_cpu = await raw_rate(settings, make_events(n, "raw"))
     note = f"{n:,} events, {BATCH}/request, {CLIENTS} clients"
     return [
         Row("ingest", "POST /v1/events throughput", ingest, "events/s", note),
         Row("ingest", "raw aiokafka send()+gather loop", raw, "msg/s", f"{n:,} messages"),
         Row("ingest", "ingest / raw loop", ingest / raw, "x", "goal ≥ 2"),
+        Row("ingest", "ingest server CPU per event", server_cpu / n * 1e6, "µs", "whole process"),
+        Row("ingest", "raw loop CPU per message", raw_cpu / n * 1e6, "µs", "client process"),
     ]

@@ -254,7 +254,7 @@ def _utc_rfc3339(value: object) -> str | None:
         and value[10] == "T"
         and value[13] == ":"
         and value[16] == ":"
-        and (value.endswith("Z") or value.endswith("+00:00"))
+        and (value[-1] == "Z" or value.endswith("+00:00"))
     ):
         return value
     return None
@@ -269,42 +269,62 @@ def finalise(
 ) -> Outgoing | Problem:
     """The message for one validated event, or why its time is unacceptable.
 
-    ``raw`` is the event's JSON object (the client's, or the Segment mapping's)
-    and is modified in place: ``id`` assigned when absent, ``timestamp`` defaulted
-    to receipt time and corrected for client clock skew with ``sent_at``
+    ``event`` holds the validated fields (parsed times), ``raw`` is the event's
+    JSON object (the client's, or the Segment mapping's) and is modified in
+    place: ``id`` assigned when absent, ``timestamp`` defaulted to receipt time
+    and corrected for client clock skew with ``sent_at``
     (``timestamp + (received_at − sent_at)``), normalised to UTC, ``received_at``
     stamped — the same result as :func:`shared.events.normalise` followed by
-    ``encode_event``. (Hot path: a client timestamp already in UTC RFC 3339 is
-    kept as the client's string rather than re-formatted.)
+    ``encode_event``. Hot path (~all events): a client timestamp already in UTC
+    RFC 3339 and inside the window is kept as the client's string, decided by
+    comparing strings; everything else goes through :func:`_normalise_time`.
     """
     ts = event.get("timestamp")
     if ts is None:
+        raw.pop("sent_at", None)  # nothing to correct: the receipt time is ours
         raw["timestamp"] = receipt.now_text
     else:
-        sent_at = event.get("sent_at")
-        if sent_at is not None:
-            try:
-                ts = ts + (receipt.now - sent_at)
-            except OverflowError:
-                return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
-            del raw["sent_at"]
-            raw["timestamp"] = ts.astimezone(UTC)
-            text = None
-        else:
-            text = _utc_rfc3339(raw["timestamp"])
-            if text is None:
-                raw["timestamp"] = ts.astimezone(UTC)
-            elif receipt.earliest_text < text[:19] < receipt.latest_text:
-                text = ""  # the common case, decided without a call
-        if text != "":
-            problem = receipt.time_problem(ts, text)
+        text = raw["timestamp"]
+        if not (
+            "sent_at" not in raw
+            and text.__class__ is str
+            and len(text) >= 20
+            and text[10] == "T"
+            and text[13] == ":"
+            and text[16] == ":"
+            and (text[-1] == "Z" or text.endswith("+00:00"))
+            and receipt.earliest_text < text[:19] < receipt.latest_text
+        ):
+            problem = _normalise_time(index, ts, event.get("sent_at"), raw, receipt)
             if problem is not None:
-                return Problem(index, "timestamp", problem)
-    if event.get("id") is None:
+                return problem
+    if raw.get("id") is None:
         raw["id"] = new_id()
     raw["received_at"] = receipt.now_text
-    t = event["type"]
-    return Outgoing(t, TOPIC_OF[t], event["account_id"].encode(), orjson.dumps(raw, option=_UTC_Z))
+    t = raw["type"]
+    return Outgoing(t, TOPIC_OF[t], raw["account_id"].encode(), orjson.dumps(raw, option=_UTC_Z))
+
+
+def _normalise_time(
+    index: int, ts: datetime, sent_at: datetime | None, raw: dict[str, Any], receipt: Receipt
+) -> Problem | None:
+    """Skew correction, UTC normalisation and the time-window check for the
+    events that miss the hot path; sets ``raw["timestamp"]``."""
+    text: str | None = None
+    if sent_at is not None:
+        try:
+            ts = ts + (receipt.now - sent_at)
+        except OverflowError:
+            return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
+        raw.pop("sent_at", None)
+        raw["timestamp"] = ts.astimezone(UTC)
+    else:
+        raw.pop("sent_at", None)  # an explicit null
+        text = _utc_rfc3339(raw["timestamp"])
+        if text is None:
+            raw["timestamp"] = ts.astimezone(UTC)
+    problem = receipt.time_problem(ts, text)
+    return None if problem is None else Problem(index, "timestamp", problem)
 
 
 _UTC_Z = orjson.OPT_UTC_Z

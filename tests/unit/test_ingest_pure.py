@@ -182,3 +182,27 @@ def test_fast_validation_accepts_exactly_what_the_catalogue_models_accept(
     except ValidationError:
         fast_ok = False
     assert fast_ok == models_ok
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({"sent_at": "2026-11-20T11:00:00Z"}, id="sent-at-without-timestamp"),
+        pytest.param({"timestamp": "2026-11-20T11:00:00Z", "sent_at": None}, id="null-sent-at"),
+        pytest.param({"timestamp": "2026-11-20T13:00:00+02:00"}, id="offset"),
+        pytest.param({"id": None}, id="null-id"),
+    ],
+)
+def test_odd_but_valid_events_are_published_as_the_shared_encoder_would(
+    extra: dict[str, object],
+) -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    event = {"type": "login", "account_id": "a", "user_id": "u", **extra}
+    messages, problems, _ = validate_events(
+        orjson.dumps({"events": [event]}), now=now, new_id=lambda: "id-1"
+    )
+    assert problems == []
+    published = orjson.loads(messages[0].value)
+    assert "sent_at" not in published
+    expected = normalise(Login.model_validate(event), received_at=now, new_id="id-1")
+    assert decode_event(messages[0].value) == decode_event(encode_event(expected))
