@@ -206,3 +206,19 @@ def test_odd_but_valid_events_are_published_as_the_shared_encoder_would(
     assert "sent_at" not in published
     expected = normalise(Login.model_validate(event), received_at=now, new_id="id-1")
     assert decode_event(messages[0].value) == decode_event(encode_event(expected))
+
+
+def test_partition_choice_matches_kafkas_default_partitioner() -> None:
+    """One account always lands where any Kafka client with the default
+    partitioner would put it (murmur2 of the key)."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from services.ingest.publisher import Publisher
+    from shared.settings import Topics
+
+    publisher = Publisher(None, Topics.from_prefix("t"), 1.0)  # type: ignore[arg-type]
+    partitions = list(range(12))
+    for i in range(500):
+        key = f"account-{i}".encode()
+        expected = DefaultPartitioner()(key, partitions, partitions)
+        assert partitions[publisher._hash(key) % len(partitions)] == expected
