@@ -1,0 +1,384 @@
+"""Validation of ``POST /v1/events`` bodies and the messages ingest publishes (SPEC §3.1).
+
+Pure: bytes in, either a list of :class:`Problem` (answer 422, publish nothing)
+or a list of :class:`Outgoing` messages ready for Kafka. The HTTP adapter only
+reads the body and publishes.
+
+Why it looks the way it does (the hot path, ~hundreds of thousands of events/s):
+the whole ``events`` array is validated in one call of pydantic's Rust core in
+*strict* JSON mode (``"5"`` is not an int, ``1`` is not a bool), and since strict
+mode never coerces, the published message is the client's own JSON object with
+only ``id``, ``timestamp`` and ``received_at`` set by us and ``sent_at`` removed —
+exactly what :func:`shared.events.encode_event` would write for that event, without
+building and dumping a model copy per event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, NamedTuple, NotRequired, Union, cast, get_args
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from shared.events import (
+    EVENT_TYPES,
+    MAX_AGE,
+    MAX_EVENT_BYTES,
+    MAX_EVENTS_PER_REQUEST,
+    MAX_FUTURE,
+    TOPIC_OF,
+    Event,
+    Topic,
+)
+
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a request is refused. ``index`` is the event's position in the
+    request (None for the request as a whole); ``field`` the offending field
+    (None when the event as a whole is wrong)."""
+
+    index: int | None
+    field: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "message": self.message}
+
+
+class Outgoing(NamedTuple):
+    """One message for Kafka: the event's topic kind, key (account id) and value."""
+
+    type: str
+    topic: Topic
+    key: bytes
+    value: bytes
+
+
+class Malformed(Exception):
+    """The body is not JSON at all: answer 400."""
+
+
+class TooLarge(Exception):
+    """Too many events, or one event over 32 KiB: answer 413."""
+
+
+def _fields_only(model: type[BaseModel]) -> Any:
+    """A TypedDict with exactly ``model``'s fields and constraints (extra fields
+    forbidden). Validating into dicts skips building a model per event, which is
+    most of pydantic's cost here; the model-level checks that a TypedDict cannot
+    express run afterwards on the few types that have them (:data:`_MODEL_CHECKED`).
+    Generated from the catalogue models, so the two cannot drift apart."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation: Any = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[name] = annotation if info.is_required() else NotRequired[annotation]
+    typed = cast(Any, TypedDict)(f"{model.__name__}Fields", fields)
+    typed.__pydantic_config__ = ConfigDict(extra="forbid")
+    return typed
+
+
+_CATALOGUE: dict[str, type[BaseModel]] = {
+    get_args(m.model_fields["type"].annotation)[0]: m for m in get_args(get_args(Event)[0])
+}
+_MODEL_CHECKED = {t: m for t, m in _CATALOGUE.items() if m.__pydantic_decorators__.model_validators}
+_FAST_EVENT: Any = Annotated[
+    Union[tuple(_fields_only(m) for m in _CATALOGUE.values())],  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+
+class _EventsBody(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    events: list[_FAST_EVENT]
+
+
+_BODY_ADAPTER: TypeAdapter[_EventsBody] = TypeAdapter(_EventsBody)
+
+
+class _ModelsBody(BaseModel):
+    """The same body through the catalogue models: the reference, used to word the
+    errors of a body the fast path refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    events: list[Event]
+
+
+_MODELS_BODY_ADAPTER: TypeAdapter[_ModelsBody] = TypeAdapter(_ModelsBody)
+
+
+def _validated(body: bytes) -> list[Mapping[str, Any]]:
+    """Every event's validated fields; :class:`ValidationError` worded as the
+    catalogue models word it."""
+    try:
+        parsed: list[Mapping[str, Any]] = _BODY_ADAPTER.validate_json(body, strict=True)["events"]
+        for event in parsed:
+            model = _MODEL_CHECKED.get(event["type"])
+            if model is not None:
+                model.model_validate(event)
+        return parsed
+    except ValidationError:
+        events = _MODELS_BODY_ADAPTER.validate_json(body, strict=True).events
+        return [e.__dict__ for e in events]  # the fast path was stricter: trust the models
+
+
+_EVENT_LIST: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed(f"the body is not valid JSON: {exc}") from exc
+
+
+def type_label(raw: object) -> str:
+    """A bounded metrics label for a raw event: its type when in the catalogue."""
+    if isinstance(raw, dict):
+        t = raw.get("type")
+        if isinstance(t, str) and t in _EVENT_TYPE_SET:
+            return t
+    return "unknown"
+
+
+def check_count(events: Sequence[object]) -> None:
+    """Raise :class:`TooLarge` for more than 2,500 events."""
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise TooLarge(
+            f"{len(events)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}"
+        )
+
+
+def check_sizes(events: Sequence[object], body_size: int) -> None:
+    """Raise :class:`TooLarge` for an event whose compact JSON is over 32 KiB."""
+    if body_size <= MAX_EVENT_BYTES:
+        return  # no event can be larger than the body that holds it
+    for i, ev in enumerate(events):
+        size = len(orjson.dumps(ev))
+        if size > MAX_EVENT_BYTES:
+            raise TooLarge(
+                f"event {i} is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (32 KiB)"
+            )
+
+
+def _problems(exc: ValidationError, *, prefix: int) -> list[Problem]:
+    """Per-event problems from pydantic errors whose ``loc`` starts after ``prefix``
+    items (``("events", i, tag, field…)`` → prefix 1)."""
+    out: list[Problem] = []
+    field: str | None
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = err["loc"][prefix:]
+        if not loc or not isinstance(loc[0], int):
+            field = ".".join(str(p) for p in err["loc"]) or None
+            out.append(Problem(None, field, err["msg"]))
+            continue
+        index = loc[0]
+        rest = [str(p) for p in loc[2:]]  # loc[1] is the discriminator tag
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field = "type"
+            message = (
+                "missing event type"
+                if err["type"] == "union_tag_not_found"
+                else "unknown event type; expected one of: " + ", ".join(EVENT_TYPES)
+            )
+        else:
+            field = ".".join(rest) or None
+            message = err["msg"]
+            if message.startswith("Value error, "):
+                message = message[len("Value error, ") :]
+        out.append(Problem(index, field, message))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The moment a request was received and the event times it accepts."""
+
+    now: datetime  # aware UTC
+    now_text: str  # RFC 3339, UTC
+    latest: float  # epoch seconds: now + 5 minutes
+    earliest: float  # epoch seconds: now - 400 days
+    latest_text: str  # the same as "YYYY-MM-DDTHH:MM:SS" in UTC
+    earliest_text: str
+
+    @classmethod
+    def at(cls, now: datetime) -> Receipt:
+        now = now.astimezone(UTC)
+        latest, earliest = now + MAX_FUTURE, now - MAX_AGE
+        return cls(
+            now,
+            now.isoformat().replace("+00:00", "Z"),
+            latest.timestamp(),
+            earliest.timestamp(),
+            latest.isoformat()[:19],
+            earliest.isoformat()[:19],
+        )
+
+    def time_problem(self, ts: datetime, text: str | None) -> str | None:
+        """Why ``ts`` is unacceptable, or None. ``text``: the client's string when
+        it is UTC RFC 3339 with seconds — then the check is a string comparison
+        (same order as time), which is much cheaper than ``ts.timestamp()``."""
+        if text is not None:
+            second = text[:19]
+            if self.earliest_text < second < self.latest_text:
+                return None
+            if second > self.latest_text:
+                return "timestamp is more than 5 minutes in the future"
+            if second < self.earliest_text:
+                return "timestamp is older than 400 days"
+        try:
+            epoch = ts.timestamp()
+        except (OverflowError, ValueError):
+            epoch = float("inf") if ts.year > 2000 else float("-inf")
+        if epoch > self.latest:
+            return "timestamp is more than 5 minutes in the future"
+        if epoch < self.earliest:
+            return "timestamp is older than 400 days"
+        return None
+
+
+def _utc_rfc3339(value: object) -> str | None:
+    """``value`` when it is a "YYYY-MM-DDTHH:MM:SS…" string in UTC, else None."""
+    if (
+        isinstance(value, str)
+        and len(value) >= 20
+        and value[10] == "T"
+        and value[13] == ":"
+        and value[16] == ":"
+        and (value[-1] == "Z" or value.endswith("+00:00"))
+    ):
+        return value
+    return None
+
+
+def finalise(
+    index: int,
+    event: Mapping[str, Any],
+    raw: dict[str, Any],
+    receipt: Receipt,
+    new_id: Callable[[], str],
+) -> Outgoing | Problem:
+    """The message for one validated event, or why its time is unacceptable.
+
+    ``event`` holds the validated fields (parsed times), ``raw`` is the event's
+    JSON object (the client's, or the Segment mapping's) and is modified in
+    place: ``id`` assigned when absent, ``timestamp`` defaulted to receipt time
+    and corrected for client clock skew with ``sent_at``
+    (``timestamp + (received_at − sent_at)``), normalised to UTC, ``received_at``
+    stamped — the same result as :func:`shared.events.normalise` followed by
+    ``encode_event``. Hot path (~all events): a client timestamp already in UTC
+    RFC 3339 and inside the window is kept as the client's string, decided by
+    comparing strings; everything else goes through :func:`_normalise_time`.
+    """
+    ts = event.get("timestamp")
+    if ts is None:
+        raw.pop("sent_at", None)  # nothing to correct: the receipt time is ours
+        raw["timestamp"] = receipt.now_text
+    else:
+        text = raw["timestamp"]
+        if not (
+            "sent_at" not in raw
+            and text.__class__ is str
+            and len(text) >= 20
+            and text[10] == "T"
+            and text[13] == ":"
+            and text[16] == ":"
+            and (text[-1] == "Z" or text.endswith("+00:00"))
+            and receipt.earliest_text < text[:19] < receipt.latest_text
+        ):
+            problem = _normalise_time(index, ts, event.get("sent_at"), raw, receipt)
+            if problem is not None:
+                return problem
+    if raw.get("id") is None:
+        raw["id"] = new_id()
+    raw["received_at"] = receipt.now_text
+    t = raw["type"]
+    return Outgoing(t, TOPIC_OF[t], raw["account_id"].encode(), orjson.dumps(raw, option=_UTC_Z))
+
+
+def _normalise_time(
+    index: int, ts: datetime, sent_at: datetime | None, raw: dict[str, Any], receipt: Receipt
+) -> Problem | None:
+    """Skew correction, UTC normalisation and the time-window check for the
+    events that miss the hot path; sets ``raw["timestamp"]``."""
+    text: str | None = None
+    if sent_at is not None:
+        try:
+            ts = ts + (receipt.now - sent_at)
+        except OverflowError:
+            return Problem(index, "sent_at", "sent_at is too far from the time of receipt")
+        raw.pop("sent_at", None)
+        raw["timestamp"] = ts.astimezone(UTC)
+    else:
+        raw.pop("sent_at", None)  # an explicit null
+        text = _utc_rfc3339(raw["timestamp"])
+        if text is None:
+            raw["timestamp"] = ts.astimezone(UTC)
+    problem = receipt.time_problem(ts, text)
+    return None if problem is None else Problem(index, "timestamp", problem)
+
+
+_UTC_Z = orjson.OPT_UTC_Z
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def validate_events(
+    body: bytes,
+    *,
+    now: datetime,
+    new_id: Callable[[], str] = new_uuid,
+) -> tuple[list[Outgoing], list[Problem], list[Any]]:
+    """Validate a ``{"events": [...]}`` body.
+
+    Returns ``(messages, problems, raw_events)``: when ``problems`` is not empty the
+    request must be refused (422) and nothing published. Raises :class:`Malformed`
+    (400) or :class:`TooLarge` (413).
+    """
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        return [], [Problem(None, None, 'the body must be a JSON object {"events": [...]}')], []
+    raw_events = doc.get("events")
+    if not isinstance(raw_events, list):
+        return [], [Problem(None, "events", "events must be a list of events")], []
+    check_count(raw_events)
+    if not raw_events:
+        return [], [Problem(None, "events", f"send 1 to {MAX_EVENTS_PER_REQUEST} events")], []
+    try:
+        parsed = _validated(body)
+    except ValidationError as exc:
+        # Sizes are checked only here: a valid event is always far below 32 KiB
+        # (every string field has a maximum length), so the hot path skips it.
+        check_sizes(raw_events, len(body))
+        return [], _problems(exc, prefix=1), raw_events
+    receipt = Receipt.at(now)
+    messages: list[Outgoing] = []
+    problems: list[Problem] = []
+    for i, (event, raw) in enumerate(zip(parsed, raw_events, strict=True)):
+        result = finalise(i, event, raw, receipt, new_id)
+        if type(result) is Outgoing:
+            messages.append(result)
+        else:
+            problems.append(result)  # type: ignore[arg-type]
+    return messages, problems, raw_events
+
+
+def validate_one(index: int, raw: dict[str, Any]) -> Any:
+    """Validate one mapped event (lax: Segment payloads are not ours to make strict);
+    returns the model or a :class:`Problem`."""
+    try:
+        return _EVENT_LIST.validate_python([raw])[0]
+    except ValidationError as exc:
+        first = _problems(exc, prefix=0)[0]
+        return Problem(index, first.field, first.message)
