@@ -1,0 +1,171 @@
+"""Scripted multi-week stories per account, through the real broker and database:
+every KPI equals the value computed by hand (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+
+import pytest
+
+from tests.integration.scoring_support import Stack, running_stack
+
+D = date(2026, 3, 31)
+NOW = datetime(2026, 3, 31, 15, 0, tzinfo=UTC)
+
+
+def ago(n: int) -> date:
+    from datetime import timedelta
+
+    return D - timedelta(days=n)
+
+
+@pytest.fixture(scope="module")
+async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
+    async with running_stack(env, NOW) as s:
+        await tell_stories(s)
+        yield s
+
+
+async def tell_stories(s: Stack) -> None:
+    e = s.event
+    growth = [
+        e("account_updated", "growth", ago(60), seats_purchased=10, lifecycle_stage="active"),
+        e("login", "growth", ago(33), user_id="u1"),
+        e("login", "growth", ago(33), user_id="u2"),
+        e("login", "growth", ago(20), user_id="u1"),
+        e("session", "growth", ago(20), user_id="u1", duration_seconds=600),
+        e("feature_used", "growth", ago(20), user_id="u1", feature="dashboard"),
+        e("login", "growth", ago(3), user_id="u1"),
+        e("login", "growth", ago(3), user_id="u2"),
+        e("feature_used", "growth", ago(3), user_id="u2", feature="report", count=3),
+        e("feature_used", "growth", ago(3), user_id="u3", feature="custom_thing"),
+        e("session", "growth", ago(0), user_id="u4", duration_seconds=1200, id="dup-1"),
+    ]
+    decline = [
+        e("contact_updated", "decline", ago(50), contact_id="c1", role="champion", name="Ann"),
+        e("communication", "decline", ago(45), channel="email", direction="inbound",
+          contact_id="c1", sentiment=0.5),
+        e("communication", "decline", ago(40), channel="marketing", direction="outbound",
+          contact_id="c2"),
+        e("communication", "decline", ago(5), channel="meeting", direction="inbound",
+          contact_id="c2", sentiment=-0.5),
+        e("communication", "decline", ago(2), channel="support_ticket", direction="inbound",
+          contact_id="c2", escalation=True),
+        e("communication", "decline", ago(1), channel="email", direction="outbound",
+          contact_id="c2"),
+        e("communication", "decline", ago(10), channel="call", direction="inbound",
+          contact_id="c3"),
+        e("contact_updated", "decline", ago(8), contact_id="c3", left_company=True),
+        e("survey_response", "decline", ago(60), survey="nps", score=9, contact_id="c2"),
+        e("survey_response", "decline", ago(20), survey="nps", score=3, contact_id="c3"),
+        e("survey_response", "decline", ago(100), survey="nps", score=7, contact_id="c1"),
+        e("survey_response", "decline", ago(15), survey="csat", score=2, contact_id="c1"),
+    ]
+    left = [
+        e("account_updated", "left", ago(5), seats_purchased=20),
+        e("contact_updated", "left", ago(30), contact_id="c9", role="champion"),
+        e("communication", "left", ago(20), channel="chat", direction="inbound",
+          contact_id="c9"),
+        e("contact_updated", "left", ago(5), contact_id="c9", left_company=True),
+    ]
+    await s.send(growth + decline + left)
+    await s.wait_consumed()
+    # Second wave: late events, an exact resend (same id) and out-of-order updates.
+    late = [
+        e("login", "growth", ago(10), user_id="u6"),  # late: lands on D−10
+        e("session", "growth", ago(0), user_id="u4", duration_seconds=1200, id="dup-1"),
+        e("login", "growth", ago(3), user_id="u3"),  # u3 already active on D−3
+        e("account_updated", "left", ago(10), seats_purchased=50),  # older: loses
+        e("contact_updated", "left", ago(25), contact_id="c9", left_company=False),  # older
+    ]
+    await s.send(late)
+    await s.wait_consumed()
+
+
+async def test_growth_account_kpis(stack: Stack) -> None:
+    h = await stack.health("growth")
+    assert h["as_of"] == D
+    assert h["kpis"] == {
+        "dau": 1,  # u4
+        "wau": 4,  # u1 u2 u3 (D−3), u4 (D)
+        "mau": 5,  # + u6 (late, D−10); u1 also D−20
+        "stickiness": pytest.approx((1 + 1 + 3 + 1) / 30 / 5),
+        "license_utilization": 0.5,
+        "feature_adoption": pytest.approx(2 / 5),  # dashboard, report of 5 key features
+        "features_used_30d": 3,
+        "time_in_product_minutes": pytest.approx((600 + 1200) / 60 / 5),  # resend not counted
+        "days_since_last_activity": 0,
+        "usage_trend": 2.0,  # wau 4 ÷ {u1, u2} on D−33
+        "active_stakeholders": 0,
+        "touchpoints_30d": 0,
+        "days_since_last_inbound": None,
+        "champion_silence_days": None,
+        "champion_left": False,
+        "nps": None,
+        "sentiment": None,
+        "support_tickets_30d": 0,
+        "escalations_30d": 0,
+    }
+
+
+async def test_declining_relationship_kpis(stack: Stack) -> None:
+    h = await stack.health("decline")
+    assert h["kpis"] == {
+        "dau": 0,
+        "wau": 0,
+        "mau": 0,
+        "stickiness": None,
+        "license_utilization": None,  # seats unknown
+        "feature_adoption": 0.0,
+        "features_used_30d": 0,
+        "time_in_product_minutes": None,
+        "days_since_last_activity": None,
+        "usage_trend": None,
+        "active_stakeholders": 1,  # c2; c3 wrote in but left the company
+        "touchpoints_30d": 4,  # D−10, D−5, D−2, D−1 (marketing D−40 is outside)
+        "days_since_last_inbound": 2,
+        "champion_silence_days": 45,  # c1 last wrote on D−45
+        "champion_left": False,
+        "nps": 0.0,  # one promoter, one detractor in 90 days (D−100 is outside)
+        "sentiment": -0.5,  # inbound with sentiment in 30 days: only D−5
+        "support_tickets_30d": 1,
+        "escalations_30d": 1,
+    }
+
+
+async def test_champion_left_and_latest_attribute_wins(stack: Stack) -> None:
+    h = await stack.health("left")
+    assert h["kpis"]["champion_left"] is True
+    assert h["kpis"]["champion_silence_days"] is None
+    assert h["kpis"]["active_stakeholders"] == 0  # c9 left: excluded
+    assert h["kpis"]["touchpoints_30d"] == 1
+    seats = await stack.pool.fetchval(
+        "SELECT seats_purchased FROM scoring_accounts WHERE account_id = 'left'"
+    )
+    assert seats == 20  # the D−10 update arrived later but is older
+
+
+async def test_score_carries_its_explanation(stack: Stack) -> None:
+    h = await stack.health("growth")
+    measures = h["measures"]
+    assert h["model_version"] == stack.model.version
+    applied = [m for m in measures if m["points"] is not None]
+    assert sum(m["weight"] for m in applied) == pytest.approx(1.0, abs=1e-4)
+    assert h["score"] == pytest.approx(sum(m["contribution"] for m in applied), abs=0.01)
+    for m in applied:
+        assert m["left_on_table"] == pytest.approx((100 - m["points"]) * m["weight"], abs=0.01)
+    lic = next(m for m in measures if m["kpi"] == "license_utilization")
+    assert lic["value"] == 0.5 and lic["points"] == pytest.approx(50.0)  # red 0.2, green 0.8
+    assert h["band"] in ("green", "yellow", "red")
+
+
+async def test_history_row_per_day_and_dedup_table(stack: Stack) -> None:
+    rows = await stack.pool.fetch(
+        "SELECT account_id, day FROM scoring_history ORDER BY account_id"
+    )
+    assert [(r["account_id"], r["day"]) for r in rows] == [
+        ("decline", D),
+        ("growth", D),
+        ("left", D),
+    ]
