@@ -1,0 +1,130 @@
+"""Time alone changes KPIs (the sweep), snapshots reach the health topic with
+increasing revisions, and poison messages go to the DLQ without stalling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
+
+import orjson
+import pytest
+
+from services.scoring.consumer import REASON_HEADER, new_producer
+from services.scoring.sweep import sweep_once
+from shared.health import HealthSnapshot
+from shared.kafka import make_consumer
+from tests.integration.scoring_support import Stack, running_stack
+
+NOW = datetime(2026, 5, 10, 9, 0, tzinfo=UTC)
+D = NOW.date()
+
+
+@pytest.fixture(scope="module")
+async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
+    async with running_stack(env, NOW) as s:
+        yield s
+
+
+async def _read_all(stack: Stack, topic: str, expect: int) -> list[object]:
+    consumer = make_consumer(
+        stack.settings, f"reader-{topic}-{expect}", topic, enable_auto_commit=False
+    )
+    await consumer.start()
+    got: list[object] = []
+    try:
+        empty = 0
+        for _ in range(100):
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                got.extend(msgs)
+            empty = 0 if batch else empty + 1
+            if len(got) >= expect or (got and empty >= 5):
+                break
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_consumer_keeps_going(stack: Stack) -> None:
+    missing_received = {
+        "id": "no-received-at",
+        "type": "login",
+        "account_id": "poisoned",
+        "user_id": "u1",
+        "timestamp": NOW.isoformat(),
+    }
+    await stack.send([], raw=[b"{not json", orjson.dumps(missing_received)])
+    await stack.send([stack.event("login", "after-poison", D, user_id="u1")])
+    await stack.wait_consumed()
+    h = await stack.health("after-poison")
+    assert h["kpis"]["dau"] == 1
+    dead = await _read_all(stack, stack.settings.topics.dlq, 2)
+    reasons = sorted(dict(m.headers)[REASON_HEADER].decode() for m in dead)  # type: ignore[attr-defined]
+    assert len(reasons) == 2
+    assert "not JSON" in reasons[0] or "not JSON" in reasons[1]
+    assert any("received_at" in r for r in reasons)
+    for m in dead:
+        headers = dict(m.headers)  # type: ignore[attr-defined]
+        assert headers["x-healthscore-topic"].decode() == stack.settings.topics.product
+    assert await stack.pool.fetchval(
+        "SELECT count(*) FROM scoring_accounts WHERE account_id = 'poisoned'"
+    ) == 0
+
+
+async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Stack) -> None:
+    e = stack.event
+    await stack.send(
+        [
+            e("account_updated", "quiet", D - timedelta(days=40), seats_purchased=4,
+              lifecycle_stage="active"),
+            e("login", "quiet", D, user_id="u1"),
+            e("login", "quiet", D, user_id="u2"),
+            e("login", "quiet", D - timedelta(days=1), user_id="u3"),
+            e("contact_updated", "quiet", D - timedelta(days=3), contact_id="c1",
+              role="champion"),
+            e("communication", "quiet", D - timedelta(days=2), channel="email",
+              direction="inbound", contact_id="c1"),
+        ]
+    )
+    await stack.wait_consumed()
+    before = await stack.health("quiet")
+    assert before["kpis"]["dau"] == 2
+    assert before["kpis"]["days_since_last_activity"] == 0
+    assert before["kpis"]["champion_silence_days"] == 2
+
+    # Nothing is stale yet: a sweep now evaluates nothing.
+    producer = new_producer(stack.settings)
+    await producer.start()
+    try:
+        assert await sweep_once(stack.settings, stack.pool, producer, stack.model, stack.clock) == 0
+        stack.clock.advance(timedelta(days=10))
+        swept = await sweep_once(stack.settings, stack.pool, producer, stack.model, stack.clock)
+    finally:
+        await producer.stop()
+    assert swept >= 1
+    after = await stack.health("quiet")
+    assert after["as_of"] == date(2026, 5, 20)
+    assert after["trigger"] == "sweep"
+    assert after["kpis"]["dau"] == 0
+    assert after["kpis"]["wau"] == 0
+    assert after["kpis"]["mau"] == 3
+    assert after["kpis"]["days_since_last_activity"] == 10
+    assert after["kpis"]["champion_silence_days"] == 12
+    assert after["score"] < before["score"]
+    assert after["revision"] == before["revision"] + 1
+    # the windows were only read: the sweep applied nothing
+    assert await stack.pool.fetchval(
+        "SELECT sum(product_events) FROM scoring_account_days WHERE account_id = 'quiet'"
+    ) == 3
+
+    snaps = [
+        HealthSnapshot.decode(m.value)  # type: ignore[attr-defined]
+        for m in await _read_all(stack, stack.settings.topics.health, 100)
+    ]
+    quiet = [s for s in snaps if s.account_id == "quiet"]
+    assert [s.revision for s in quiet] == list(range(1, len(quiet) + 1))
+    assert quiet[-1].trigger == "sweep" and quiet[-1].kpis["days_since_last_activity"] == 10
+    assert quiet[0].source_received_at is not None
+    assert await stack.pool.fetchval(
+        "SELECT published_revision = revision FROM scoring_scores WHERE account_id = 'quiet'"
+    )
