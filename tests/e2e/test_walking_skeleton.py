@@ -55,9 +55,7 @@ async def test_event_goes_through_to_a_score(stack: dict[str, ServiceProcess]) -
         assert r.json() == {"accepted": 2}
         health = None
         for _ in range(150):
-            got = await client.get(
-                f"{stack['scoring'].url}/v1/accounts/acme/health", headers=AUTH
-            )
+            got = await client.get(f"{stack['scoring'].url}/v1/accounts/acme/health", headers=AUTH)
             if got.status_code == 200 and got.json()["kpis"]["touchpoints_30d"] == 1:
                 health = got.json()
                 break

@@ -62,9 +62,7 @@ class Stack:
                     if ev["type"] in ("communication", "contact_updated", "survey_response")
                     else self.settings.topics.product
                 )
-                await producer.send_and_wait(
-                    topic, orjson.dumps(ev), key=ev["account_id"].encode()
-                )
+                await producer.send_and_wait(topic, orjson.dumps(ev), key=ev["account_id"].encode())
             for value in raw or []:
                 await producer.send_and_wait(self.settings.topics.product, value, key=b"poison")
         finally:
@@ -104,9 +102,7 @@ async def running_stack(env: dict[str, str], now: datetime) -> AsyncIterator[Sta
     producer = new_producer(settings)
     await producer.start()
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        run_consumer(settings, stack.pool, producer, model, clock, stop)
-    )
+    task = asyncio.create_task(run_consumer(settings, stack.pool, producer, model, clock, stop))
     try:
         yield stack
     finally:

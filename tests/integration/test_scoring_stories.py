@@ -44,18 +44,57 @@ async def tell_stories(s: Stack) -> None:
     ]
     decline = [
         e("contact_updated", "decline", ago(50), contact_id="c1", role="champion", name="Ann"),
-        e("communication", "decline", ago(45), channel="email", direction="inbound",
-          contact_id="c1", sentiment=0.5),
-        e("communication", "decline", ago(40), channel="marketing", direction="outbound",
-          contact_id="c2"),
-        e("communication", "decline", ago(5), channel="meeting", direction="inbound",
-          contact_id="c2", sentiment=-0.5),
-        e("communication", "decline", ago(2), channel="support_ticket", direction="inbound",
-          contact_id="c2", escalation=True),
-        e("communication", "decline", ago(1), channel="email", direction="outbound",
-          contact_id="c2"),
-        e("communication", "decline", ago(10), channel="call", direction="inbound",
-          contact_id="c3"),
+        e(
+            "communication",
+            "decline",
+            ago(45),
+            channel="email",
+            direction="inbound",
+            contact_id="c1",
+            sentiment=0.5,
+        ),
+        e(
+            "communication",
+            "decline",
+            ago(40),
+            channel="marketing",
+            direction="outbound",
+            contact_id="c2",
+        ),
+        e(
+            "communication",
+            "decline",
+            ago(5),
+            channel="meeting",
+            direction="inbound",
+            contact_id="c2",
+            sentiment=-0.5,
+        ),
+        e(
+            "communication",
+            "decline",
+            ago(2),
+            channel="support_ticket",
+            direction="inbound",
+            contact_id="c2",
+            escalation=True,
+        ),
+        e(
+            "communication",
+            "decline",
+            ago(1),
+            channel="email",
+            direction="outbound",
+            contact_id="c2",
+        ),
+        e(
+            "communication",
+            "decline",
+            ago(10),
+            channel="call",
+            direction="inbound",
+            contact_id="c3",
+        ),
         e("contact_updated", "decline", ago(8), contact_id="c3", left_company=True),
         e("survey_response", "decline", ago(60), survey="nps", score=9, contact_id="c2"),
         e("survey_response", "decline", ago(20), survey="nps", score=3, contact_id="c3"),
@@ -65,8 +104,7 @@ async def tell_stories(s: Stack) -> None:
     left = [
         e("account_updated", "left", ago(5), seats_purchased=20),
         e("contact_updated", "left", ago(30), contact_id="c9", role="champion"),
-        e("communication", "left", ago(20), channel="chat", direction="inbound",
-          contact_id="c9"),
+        e("communication", "left", ago(20), channel="chat", direction="inbound", contact_id="c9"),
         e("contact_updated", "left", ago(5), contact_id="c9", left_company=True),
     ]
     await s.send(growth + decline + left)
@@ -161,9 +199,7 @@ async def test_score_carries_its_explanation(stack: Stack) -> None:
 
 
 async def test_history_row_per_day_and_dedup_table(stack: Stack) -> None:
-    rows = await stack.pool.fetch(
-        "SELECT account_id, day FROM scoring_history ORDER BY account_id"
-    )
+    rows = await stack.pool.fetch("SELECT account_id, day FROM scoring_history ORDER BY account_id")
     assert [(r["account_id"], r["day"]) for r in rows] == [
         ("decline", D),
         ("growth", D),

@@ -66,24 +66,37 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_keeps_going(stack:
     for m in dead:
         headers = dict(m.headers)  # type: ignore[attr-defined]
         assert headers["x-healthscore-topic"].decode() == stack.settings.topics.product
-    assert await stack.pool.fetchval(
-        "SELECT count(*) FROM scoring_accounts WHERE account_id = 'poisoned'"
-    ) == 0
+    assert (
+        await stack.pool.fetchval(
+            "SELECT count(*) FROM scoring_accounts WHERE account_id = 'poisoned'"
+        )
+        == 0
+    )
 
 
 async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Stack) -> None:
     e = stack.event
     await stack.send(
         [
-            e("account_updated", "quiet", D - timedelta(days=40), seats_purchased=4,
-              lifecycle_stage="active"),
+            e(
+                "account_updated",
+                "quiet",
+                D - timedelta(days=40),
+                seats_purchased=4,
+                lifecycle_stage="active",
+            ),
             e("login", "quiet", D, user_id="u1"),
             e("login", "quiet", D, user_id="u2"),
             e("login", "quiet", D - timedelta(days=1), user_id="u3"),
-            e("contact_updated", "quiet", D - timedelta(days=3), contact_id="c1",
-              role="champion"),
-            e("communication", "quiet", D - timedelta(days=2), channel="email",
-              direction="inbound", contact_id="c1"),
+            e("contact_updated", "quiet", D - timedelta(days=3), contact_id="c1", role="champion"),
+            e(
+                "communication",
+                "quiet",
+                D - timedelta(days=2),
+                channel="email",
+                direction="inbound",
+                contact_id="c1",
+            ),
         ]
     )
     await stack.wait_consumed()
@@ -113,9 +126,12 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     assert after["score"] < before["score"]
     assert after["revision"] == before["revision"] + 1
     # the windows were only read: the sweep applied nothing
-    assert await stack.pool.fetchval(
-        "SELECT sum(product_events) FROM scoring_account_days WHERE account_id = 'quiet'"
-    ) == 3
+    assert (
+        await stack.pool.fetchval(
+            "SELECT sum(product_events) FROM scoring_account_days WHERE account_id = 'quiet'"
+        )
+        == 3
+    )
 
     snaps = [
         HealthSnapshot.decode(m.value)  # type: ignore[attr-defined]
