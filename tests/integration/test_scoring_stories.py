@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 
+import httpx
 import pytest
 
 from tests.integration.scoring_support import Stack, running_stack
@@ -205,3 +206,162 @@ async def test_history_row_per_day_and_dedup_table(stack: Stack) -> None:
         ("growth", D),
         ("left", D),
     ]
+
+
+# ------------------------------------------------------------------ read API (SPEC §6)
+
+
+@pytest.fixture(scope="module")
+async def api(stack: Stack, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    from services.scoring.app import create_app
+    from shared import db
+    from shared.auth import KeyStore
+    from tests.infra import BOOTSTRAP_KEY
+
+    app = create_app(stack.settings)
+    engine = db.create_engine(stack.settings.database_url)
+    app.state.engine = engine
+    app.state.keys = KeyStore(engine, BOOTSTRAP_KEY)
+    app.state.pool = stack.pool
+    app.state.clock = stack.clock
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://scoring",
+        headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"},
+    ) as client:
+        yield client
+    await engine.dispose()
+
+
+async def test_api_health_has_the_spec_shape(api: httpx.AsyncClient, stack: Stack) -> None:
+    r = await api.get("/v1/accounts/growth/health")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {
+        "account_id",
+        "as_of",
+        "score",
+        "band",
+        "score_delta_7d",
+        "coverage",
+        "model_version",
+        "in_grace_period",
+        "kpis",
+        "measures",
+    }
+    assert body["as_of"] == D.isoformat() and body["kpis"]["mau"] == 5
+    assert set(body["measures"][0]) == {
+        "kpi",
+        "value",
+        "points",
+        "weight",
+        "contribution",
+        "left_on_table",
+    }
+    assert (await api.get("/v1/accounts/nobody/health")).status_code == 404
+    assert (
+        await api.get("/v1/accounts/growth/health", headers={"Authorization": ""})
+    ).status_code == 401
+
+
+async def test_api_list_sorts_filters_and_pages(api: httpx.AsyncClient) -> None:
+    r = await api.get("/v1/accounts", params={"sort": "name"})
+    assert r.status_code == 200, r.text
+    assert [a["account_id"] for a in r.json()["accounts"]] == ["decline", "growth", "left"]
+    growth = next(a for a in r.json()["accounts"] if a["account_id"] == "growth")
+    assert growth["last_activity_day"] == D.isoformat()
+    first = await api.get("/v1/accounts", params={"sort": "-score", "limit": 2})
+    page1 = first.json()
+    assert len(page1["accounts"]) == 2 and page1["next_cursor"]
+    second = await api.get(
+        "/v1/accounts", params={"sort": "-score", "limit": 2, "cursor": page1["next_cursor"]}
+    )
+    page2 = second.json()
+    assert len(page2["accounts"]) == 1 and page2["next_cursor"] is None
+    ids = [a["account_id"] for a in page1["accounts"] + page2["accounts"]]
+    assert sorted(ids) == ["decline", "growth", "left"]
+    scores = [a["score"] for a in page1["accounts"] + page2["accounts"]]
+    assert scores == sorted(scores, key=lambda s: -1e9 if s is None else s, reverse=True)
+    band = page1["accounts"][0]["band"]
+    filtered = (await api.get("/v1/accounts", params={"band": band})).json()["accounts"]
+    assert filtered and all(a["band"] == band for a in filtered)
+    assert (await api.get("/v1/accounts", params={"lifecycle_stage": "active"})).json()["accounts"][
+        0
+    ]["account_id"] == "growth"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        pytest.param({"sort": "colour"}, "query.sort", id="sort"),
+        pytest.param({"band": "purple"}, "query.band", id="band"),
+        pytest.param({"limit": "0"}, "query.limit", id="limit-low"),
+        pytest.param({"limit": "9999"}, "query.limit", id="limit-high"),
+        pytest.param({"cursor": "%%%"}, "query.cursor", id="cursor-garbage"),
+    ],
+)
+async def test_api_list_rejects_bad_parameters_precisely(
+    api: httpx.AsyncClient, params: dict[str, str], field: str
+) -> None:
+    r = await api.get("/v1/accounts", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == field
+
+
+async def test_api_cursor_of_another_sort_is_refused(api: httpx.AsyncClient) -> None:
+    page = (await api.get("/v1/accounts", params={"sort": "name", "limit": 1})).json()
+    r = await api.get("/v1/accounts", params={"sort": "score", "cursor": page["next_cursor"]})
+    assert r.status_code == 422 and "another sort" in r.text
+
+
+async def test_api_stakeholders_heatmap(api: httpx.AsyncClient) -> None:
+    r = await api.get("/v1/accounts/decline/stakeholders", params={"weeks": 8})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["weeks"]) == 8 and body["weeks"][-1] == "2026-03-30"  # Monday of D
+    c = {x["contact_id"]: x for x in body["contacts"]}
+    assert c["c1"]["role"] == "champion" and c["c1"]["name"] == "Ann"
+    assert c["c1"]["last_inbound_day"] == ago(45).isoformat()
+    assert c["c2"]["last_outbound_day"] == ago(1).isoformat()
+    # D−5 (Thu 26 Mar) and D−2 (Sun 29 Mar) in the week of 23 Mar; D−1 outbound on Mon 30 Mar
+    assert c["c2"]["inbound_per_week"][-2:] == [2, 0]
+    assert c["c2"]["outbound_per_week"][-2:] == [0, 1]
+    assert c["c3"]["left_company"] is True
+    assert (
+        await api.get("/v1/accounts/decline/stakeholders", params={"weeks": 0})
+    ).status_code == 422
+    assert (await api.get("/v1/accounts/ghost/stakeholders")).status_code == 404
+
+
+async def test_api_history_and_changes_after_a_day_of_silence(
+    api: httpx.AsyncClient, stack: Stack
+) -> None:
+    from datetime import timedelta
+
+    from services.scoring.sweep import sweep_once
+
+    stack.clock.advance(timedelta(days=1))
+    assert await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock) == 3
+    nxt = (D + timedelta(days=1)).isoformat()
+    hist = (await api.get("/v1/accounts/growth/history", params={"days": 30})).json()
+    assert [h["day"] for h in hist["history"]] == [D.isoformat(), nxt]
+    assert hist["history"][1]["kpis"]["days_since_last_activity"] == 1
+    r = await api.get("/v1/accounts/growth/changes", params={"from": D.isoformat(), "to": nxt})
+    assert r.status_code == 200, r.text
+    ch = r.json()
+    assert ch["model_changed"] is False
+    idle = next(m for m in ch["measures"] if m["kpi"] == "days_since_last_activity")
+    assert (idle["value_from"], idle["value_to"]) == (0, 1)
+    assert idle["contribution_delta"] == pytest.approx(
+        idle["contribution_to"] - idle["contribution_from"], abs=1e-3
+    )
+    total = sum(m["contribution_delta"] for m in ch["measures"])
+    assert ch["score_change"] == pytest.approx(total, abs=0.02)
+    bad = await api.get("/v1/accounts/growth/changes", params={"from": nxt, "to": D.isoformat()})
+    assert bad.status_code == 422
+    assert (
+        await api.get("/v1/accounts/growth/changes", params={"from": "yesterday", "to": nxt})
+    ).status_code == 422
+    missing = await api.get("/v1/accounts/growth/changes", params={"from": "2025-01-01", "to": nxt})
+    assert missing.status_code == 404 and "2025-01-01" in missing.text
+    assert (await api.get("/v1/accounts/growth/history", params={"days": 0})).status_code == 422

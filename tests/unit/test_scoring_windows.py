@@ -49,7 +49,7 @@ def test_window_sum_equals_sum_of_the_days_inside(buckets: dict[date, float]) ->
 
 @given(st.lists(days, max_size=20))
 def test_last_day_ignores_days_after_the_evaluation_day(seen: list[date]) -> None:
-    got = windows.last_day_on_or_before(seen + [D + timedelta(days=3)], D)
+    got = windows.last_day_on_or_before([*seen, D + timedelta(days=3)], D)
     assert got == (max(seen) if seen else None)
 
 
