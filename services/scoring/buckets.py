@@ -79,6 +79,7 @@ class AttrUpdate:
 
 @dataclass
 class BatchDeltas:
+    first_event_day: dict[str, date] = field(default_factory=dict)
     last_event_day: dict[str, date] = field(default_factory=dict)
     days: dict[tuple[str, date], dict[str, float]] = field(default_factory=dict)
     user_days: set[tuple[str, date, str]] = field(default_factory=set)
@@ -104,6 +105,9 @@ def fold(events: list[Event]) -> BatchDeltas:
         prev = out.last_event_day.get(acc)
         if prev is None or day > prev:
             out.last_event_day[acc] = day
+        first = out.first_event_day.get(acc)
+        if first is None or day < first:
+            out.first_event_day[acc] = day
         ts = ev.timestamp
         assert ts is not None
         if isinstance(ev, Login | FeatureUsed | Session):

@@ -100,10 +100,17 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         "renewal_date": "date",
         "csm": "text",
     }
-    args: list[Any] = [accounts, [d.last_event_day[a] for a in accounts]]
-    unnest = ["$1::text[]", "$2::date[]"]
-    names = ["account_id", "last_event_day"]
-    sets = ["last_event_day = GREATEST(t.last_event_day, EXCLUDED.last_event_day)"]
+    args: list[Any] = [
+        accounts,
+        [d.first_event_day[a] for a in accounts],
+        [d.last_event_day[a] for a in accounts],
+    ]
+    unnest = ["$1::text[]", "$2::date[]", "$3::date[]"]
+    names = ["account_id", "first_event_day", "last_event_day"]
+    sets = [
+        "first_event_day = LEAST(t.first_event_day, EXCLUDED.first_event_day)",
+        "last_event_day = GREATEST(t.last_event_day, EXCLUDED.last_event_day)",
+    ]
     for a in ACCOUNT_ATTRS:
         args += [cols[a], as_of[a]]
         unnest += [f"${len(args) - 1}::{types[a]}[]", f"${len(args)}::timestamptz[]"]
@@ -524,6 +531,26 @@ async def unpublished_accounts(pg: Pg, older_than: datetime, limit: int) -> list
         limit,
     )
     return [r[0] for r in rows]
+
+
+async def accounts_active_on(pg: Pg, day: date, after: str, limit: int) -> list[str]:
+    """Accounts that existed on ``day`` (first event on or before it) and had activity
+    in the 400 days before it, in key order after ``after`` (paging)."""
+    rows = await pg.fetch(
+        """SELECT account_id FROM scoring_accounts
+           WHERE first_event_day <= $1::date AND last_event_day > $1::date - 400
+             AND account_id > $2
+           ORDER BY account_id LIMIT $3""",
+        day,
+        after,
+        limit,
+    )
+    return [r[0] for r in rows]
+
+
+async def mark_for_reevaluation(pg: Pg) -> None:
+    """Make every account stale, so the sweeper re-evaluates (and republishes) it."""
+    await pg.execute("UPDATE scoring_accounts SET evaluated_at = NULL")
 
 
 def days_back(today: date, n: int) -> list[date]:

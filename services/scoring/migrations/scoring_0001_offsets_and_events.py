@@ -31,6 +31,7 @@ CREATE TABLE scoring_accounts (
     arr double precision, arr_as_of {_AS_OF},
     renewal_date date, renewal_date_as_of {_AS_OF},
     csm text, csm_as_of {_AS_OF},
+    first_event_day date NOT NULL,
     last_event_day date NOT NULL,
     evaluated_at timestamptz,
     evaluated_day date,
