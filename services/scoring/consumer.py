@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -170,12 +171,15 @@ class BatchProcessor:
                 offsets[tp] = messages[-1].offset + 1
         # First occurrence of an id inside the batch wins; the table catches the rest.
         unique: dict[str, tuple[Event, str]] = {}
+        in_batch_duplicates: Counter[str] = Counter()
         for ev, topic in events:
             assert ev.id is not None
             if ev.id in unique:
-                EVENTS.labels(topic, "duplicate").inc()
+                in_batch_duplicates[topic] += 1
             else:
                 unique[ev.id] = (ev, topic)
+        for topic, n in in_batch_duplicates.items():
+            EVENTS.labels(topic, "duplicate").inc(n)
 
         now = self.clock.now()
 
@@ -207,14 +211,20 @@ class BatchProcessor:
 
         fresh, snapshots = await in_transaction(self.pool, work)
         committed = datetime.now(UTC)
+        applied: Counter[str] = Counter()
         for ev, topic in fresh:
-            EVENTS.labels(topic, "applied").inc()
+            applied[topic] += 1
             assert ev.received_at is not None
             EVENT_TO_SCORE.observe(max(0.0, (committed - ev.received_at).total_seconds()))
+        duplicates: Counter[str] = Counter()
         fresh_ids = {ev.id for ev, _ in fresh}
         for ev_id, (_, topic) in unique.items():
             if ev_id not in fresh_ids:  # seen in an earlier batch (client resend)
-                EVENTS.labels(topic, "duplicate").inc()
+                duplicates[topic] += 1
+        for topic, n in applied.items():
+            EVENTS.labels(topic, "applied").inc(n)
+        for topic, n in duplicates.items():
+            EVENTS.labels(topic, "duplicate").inc(n)
         await publish(self.pool, self.producer, self.settings.topics.health, snapshots)
         BATCH_SIZE.observe(size)
         BATCH_DURATION.observe(time.perf_counter() - started)

@@ -64,7 +64,7 @@ async def evaluate_accounts(
             or st.prev_kpis != kpis
         )
         revision = (st.revision or 0) + 1 if changed else (st.revision or 0)
-        measures = [m.model_dump(mode="json") for m in ev.measures]
+        measures = [m.as_dict() for m in ev.measures]
         rows.append(
             store.ScoreRow(
                 account_id=st.account_id,
@@ -84,7 +84,9 @@ async def evaluate_accounts(
         )
         if current and (changed or st.published_revision < revision):
             snapshots.append(
-                HealthSnapshot(
+                # model_construct: every field is built here from validated values;
+                # skipping validation keeps per-account cost low on the hot path.
+                HealthSnapshot.model_construct(
                     account_id=st.account_id,
                     revision=revision,
                     as_of=as_of,
@@ -101,7 +103,7 @@ async def evaluate_accounts(
                     model_version=ev.model_version,
                     in_grace_period=ev.in_grace_period,
                     kpis=kpis,
-                    measures=ev.measures,
+                    measures=[m.as_result() for m in ev.measures],
                     source_received_at=(source_received_at or {}).get(st.account_id),
                 )
             )

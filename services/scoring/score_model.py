@@ -174,6 +174,34 @@ def in_grace_period(
     return as_of < onboarding_completed_at.date() + timedelta(days=grace_days)
 
 
+@dataclass(frozen=True, slots=True)
+class MeasureScore:
+    """One measure evaluated (the fields of :class:`shared.health.MeasureResult`; a
+    plain dataclass because scoring builds thousands per batch)."""
+
+    kpi: str
+    group: str | None
+    value: KpiValue
+    points: float | None  # 0–100; None when the measure was left out
+    weight: float  # effective weight after renormalisation (0 when left out)
+    contribution: float  # points × weight, in score points
+    left_on_table: float  # (100 − points) × weight, in score points
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kpi": self.kpi,
+            "group": self.group,
+            "value": self.value,
+            "points": self.points,
+            "weight": self.weight,
+            "contribution": self.contribution,
+            "left_on_table": self.left_on_table,
+        }
+
+    def as_result(self) -> MeasureResult:
+        return MeasureResult.model_construct(**self.as_dict())
+
+
 @dataclass(frozen=True)
 class Evaluation:
     score: float | None
@@ -181,7 +209,7 @@ class Evaluation:
     coverage: float
     model_version: str
     in_grace_period: bool
-    measures: list[MeasureResult]
+    measures: list[MeasureScore]
 
 
 def evaluate(
@@ -212,7 +240,7 @@ def evaluate(
         have_w = sum(m.weight for m in have)
         for m in have:
             effective[m.kpi] = (g.weight / data_group_w) * (m.weight / have_w)
-    results: list[MeasureResult] = []
+    results: list[MeasureScore] = []
     score_sum = 0.0
     for g in groups:
         for m in g.measures:
@@ -222,14 +250,14 @@ def evaluate(
             contribution = (pts or 0.0) * w
             score_sum += contribution
             results.append(
-                MeasureResult(
-                    kpi=m.kpi,
-                    group=g.name or None,
-                    value=value,
-                    points=None if pts is None else round(pts, 2),
-                    weight=round(w, 6),
-                    contribution=round(contribution, 4),
-                    left_on_table=round((100.0 - pts) * w, 4) if pts is not None else 0.0,
+                MeasureScore(
+                    m.kpi,
+                    g.name or None,
+                    value,
+                    None if pts is None else round(pts, 2),
+                    round(w, 6),
+                    round(contribution, 4),
+                    round((100.0 - pts) * w, 4) if pts is not None else 0.0,
                 )
             )
     score = round(score_sum, 2) if with_data and coverage >= model.min_coverage else None
