@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from services.scoring import store
 from services.scoring.buckets import fold
 from services.scoring.clock import Clock
-from services.scoring.evaluation import evaluate_accounts
+from services.scoring.evaluation import Snapshot, evaluate_accounts
 from services.scoring.metrics import (
     BATCH_DURATION,
     BATCH_SIZE,
@@ -41,7 +41,6 @@ from services.scoring.metrics import (
 from services.scoring.score_model import ScoreModel
 from services.scoring.settings import ScoringSettings
 from shared.events import Event, WireError, decode_event
-from shared.health import HealthSnapshot
 from shared.kafka import make_consumer, make_producer
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class BatchProcessor:
 
         now = self.clock.now()
 
-        async def work(pg: store.Pg) -> tuple[list[tuple[Event, str]], list[HealthSnapshot]]:
+        async def work(pg: store.Pg) -> tuple[list[tuple[Event, str]], list[Snapshot]]:
             ids = list(unique)
             received = [unique[i][0].received_at for i in ids]
             new = await store.claim_new_events(pg, ids, received)  # type: ignore[arg-type]
@@ -235,7 +234,7 @@ async def publish(
     pool: store.Pool,
     producer: AIOKafkaProducer,
     topic: str,
-    snapshots: Sequence[HealthSnapshot],
+    snapshots: Sequence[Snapshot],
 ) -> None:
     """Publish committed snapshots, then record them as published. A failure is
     logged, not raised: the sweeper republishes what stayed unpublished."""

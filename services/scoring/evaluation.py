@@ -9,16 +9,34 @@ only after that transaction commits (see consumer.py / sweep.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 from services.scoring import store
 from services.scoring.kpis import compute_kpis
 from services.scoring.metrics import ACCOUNTS_SCORED
 from services.scoring.score_model import ScoreModel, evaluate
-from shared.health import Band, HealthSnapshot
+from shared.health import Band
 
 Trigger = Literal["events", "sweep", "rescore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A :class:`shared.health.HealthSnapshot` ready to publish. Built as a plain
+    dict (same JSON as ``HealthSnapshot.encode()``; the tests decode it with
+    ``HealthSnapshot.decode``) because pydantic construction per account per
+    batch was the hottest spot of the consumer."""
+
+    account_id: str
+    revision: int
+    payload: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.payload)
 
 
 def _band(v: str | None) -> Band | None:
@@ -35,14 +53,14 @@ async def evaluate_accounts(
     trigger: Trigger,
     source_received_at: dict[str, datetime] | None = None,
     current: bool = True,
-) -> list[HealthSnapshot]:
+) -> list[Snapshot]:
     """Evaluate ``account_ids`` as of ``as_of``; returns the snapshots to publish
     (accounts whose score, band or KPIs changed, or whose last snapshot was never
     published). With ``current=False`` (rescore of a past day) only the history
     row is written and nothing is published."""
     states = await store.load_states(pg, account_ids, as_of, model.key_features)
     rows: list[store.ScoreRow] = []
-    snapshots: list[HealthSnapshot] = []
+    snapshots: list[Snapshot] = []
     for st in states:
         kpis = compute_kpis(st.windows)
         ev = evaluate(
@@ -83,28 +101,31 @@ async def evaluate_accounts(
             )
         )
         if current and (changed or st.published_revision < revision):
+            received = (source_received_at or {}).get(st.account_id)
             snapshots.append(
-                # model_construct: every field is built here from validated values;
-                # skipping validation keeps per-account cost low on the hot path.
-                HealthSnapshot.model_construct(
-                    account_id=st.account_id,
-                    revision=revision,
-                    as_of=as_of,
-                    evaluated_at=now,
-                    trigger=trigger,
-                    account_name=st.name,
-                    lifecycle_stage=st.lifecycle_stage,
-                    csm=st.csm,
-                    score=ev.score,
-                    band=ev.band,
-                    previous_band=_band(st.prev_band),
-                    score_delta_7d=delta,
-                    coverage=ev.coverage,
-                    model_version=ev.model_version,
-                    in_grace_period=ev.in_grace_period,
-                    kpis=kpis,
-                    measures=[m.as_result() for m in ev.measures],
-                    source_received_at=(source_received_at or {}).get(st.account_id),
+                Snapshot(
+                    st.account_id,
+                    revision,
+                    {
+                        "account_id": st.account_id,
+                        "revision": revision,
+                        "as_of": as_of.isoformat(),
+                        "evaluated_at": now.isoformat(),
+                        "trigger": trigger,
+                        "account_name": st.name,
+                        "lifecycle_stage": st.lifecycle_stage,
+                        "csm": st.csm,
+                        "score": ev.score,
+                        "band": ev.band,
+                        "previous_band": _band(st.prev_band),
+                        "score_delta_7d": delta,
+                        "coverage": ev.coverage,
+                        "model_version": ev.model_version,
+                        "in_grace_period": ev.in_grace_period,
+                        "kpis": kpis,
+                        "measures": measures,
+                        "source_received_at": None if received is None else received.isoformat(),
+                    },
                 )
             )
     await store.save_scores(pg, rows, current=current)

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from services.scoring.kpis import KPI_NAMES, KpiValue
-from shared.health import Band, MeasureResult
+from shared.health import Band
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default_model.yaml")
 GRACE_STAGES = frozenset({"trial", "poc", "onboarding"})
@@ -197,9 +197,6 @@ class MeasureScore:
             "contribution": self.contribution,
             "left_on_table": self.left_on_table,
         }
-
-    def as_result(self) -> MeasureResult:
-        return MeasureResult.model_construct(**self.as_dict())
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,13 @@ def dsn(database_url: str) -> str:
 
 
 async def _init_connection(conn: Pg) -> None:
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda v: orjson.dumps(v).decode(),
-        decoder=orjson.loads,
-        schema="pg_catalog",
-    )
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
 
 
 async def create_pool(database_url: str, size: int = 4) -> Pool:
@@ -431,8 +432,8 @@ class ScoreRow:
 
 
 async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True) -> None:
-    """Upsert the daily history rows and (``current``) the current score rows,
-    and mark the accounts evaluated."""
+    """Upsert the daily history rows and (``current``) the current score rows (whose
+    ``evaluated_at`` / ``as_of`` tell the sweeper when each account was last evaluated)."""
     if not rows:
         return
     cols = [
@@ -450,7 +451,7 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
     await pg.execute(
         """INSERT INTO scoring_history AS t (account_id, day, evaluated_at, score, band,
              coverage, model_version, in_grace_period, kpis, measures)
-           SELECT a, d, e, s, b, c, m, g, k::jsonb, ms::jsonb
+           SELECT a, d, e, s, b, c, m, g, k::json, ms::json
            FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
                        $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[])
                 AS x(a, d, e, s, b, c, m, g, k, ms)
@@ -466,7 +467,7 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
         """INSERT INTO scoring_scores AS t (account_id, as_of, evaluated_at, score, band,
              coverage, model_version, in_grace_period, kpis, measures, trigger,
              score_delta_7d, revision)
-           SELECT a, d, e, s, b, c, m, g, k::jsonb, ms::jsonb, tr, sd, rv
+           SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv
            FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
                        $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[],
                        $11::text[], $12::float8[], $13::bigint[])
@@ -481,14 +482,6 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
         [r.trigger for r in rows],
         [r.score_delta_7d for r in rows],
         [r.revision for r in rows],
-    )
-    await pg.execute(
-        """UPDATE scoring_accounts AS t SET evaluated_at = x.e, evaluated_day = x.d
-           FROM unnest($1::text[], $2::timestamptz[], $3::date[]) AS x(a, e, d)
-           WHERE t.account_id = x.a""",
-        [r.account_id for r in rows],
-        [r.evaluated_at for r in rows],
-        [r.as_of for r in rows],
     )
 
 
@@ -507,11 +500,12 @@ async def stale_accounts(pg: Pg, *, today: date, stale_before: datetime, limit: 
     """Lock and return accounts due for a time-driven evaluation (SKIP LOCKED: a
     second scoring process, or the consumer holding an account, is skipped)."""
     rows = await pg.fetch(
-        """SELECT account_id FROM scoring_accounts
-           WHERE last_event_day > $1::date - 400
-             AND (evaluated_at IS NULL OR evaluated_at < $2 OR evaluated_day < $1::date)
-           ORDER BY evaluated_at NULLS FIRST
-           LIMIT $3 FOR UPDATE SKIP LOCKED""",
+        """SELECT a.account_id FROM scoring_accounts a
+           LEFT JOIN scoring_scores s ON s.account_id = a.account_id
+           WHERE a.last_event_day > $1::date - 400
+             AND (s.account_id IS NULL OR s.evaluated_at < $2 OR s.as_of < $1::date)
+           ORDER BY s.evaluated_at NULLS FIRST
+           LIMIT $3 FOR UPDATE OF a SKIP LOCKED""",
         today,
         stale_before,
         limit,
@@ -550,7 +544,7 @@ async def accounts_active_on(pg: Pg, day: date, after: str, limit: int) -> list[
 
 async def mark_for_reevaluation(pg: Pg) -> None:
     """Make every account stale, so the sweeper re-evaluates (and republishes) it."""
-    await pg.execute("UPDATE scoring_accounts SET evaluated_at = NULL")
+    await pg.execute("UPDATE scoring_scores SET evaluated_at = '-infinity'")
 
 
 def days_back(today: date, n: int) -> list[date]:

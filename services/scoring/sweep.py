@@ -23,10 +23,9 @@ from aiokafka import AIOKafkaProducer
 from services.scoring import store
 from services.scoring.clock import Clock
 from services.scoring.consumer import in_transaction, publish
-from services.scoring.evaluation import evaluate_accounts
+from services.scoring.evaluation import Snapshot, evaluate_accounts
 from services.scoring.score_model import ScoreModel
 from services.scoring.settings import ScoringSettings
-from shared.health import HealthSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ async def sweep_once(
 
         async def work(
             pg: store.Pg, now: datetime = now, today: date = today
-        ) -> tuple[int, list[HealthSnapshot]]:
+        ) -> tuple[int, list[Snapshot]]:
             ids = await store.stale_accounts(
                 pg,
                 today=today,
@@ -97,7 +96,7 @@ async def republish(
     re-evaluate those accounts, which republishes at their current revision."""
     now = clock.now()
 
-    async def work(pg: store.Pg) -> list[HealthSnapshot]:
+    async def work(pg: store.Pg) -> list[Snapshot]:
         ids = await store.unpublished_accounts(pg, now - timedelta(seconds=5), 500)
         return await evaluate_accounts(
             pg, ids, model=model, as_of=now.astimezone(UTC).date(), now=now, trigger="sweep"

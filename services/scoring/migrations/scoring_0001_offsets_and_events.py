@@ -33,10 +33,7 @@ CREATE TABLE scoring_accounts (
     csm text, csm_as_of {_AS_OF},
     first_event_day date NOT NULL,
     last_event_day date NOT NULL,
-    evaluated_at timestamptz,
-    evaluated_day date,
     CONSTRAINT pk_scoring_accounts PRIMARY KEY (account_id));
-CREATE INDEX ix_scoring_accounts_evaluated_at ON scoring_accounts (evaluated_at);
 
 CREATE TABLE scoring_account_days (
     account_id text NOT NULL, day date NOT NULL,
@@ -83,16 +80,17 @@ CREATE TABLE scoring_scores (
     trigger text NOT NULL, score double precision, band text,
     score_delta_7d double precision, coverage double precision NOT NULL,
     model_version text NOT NULL, in_grace_period boolean NOT NULL,
-    kpis jsonb NOT NULL, measures jsonb NOT NULL,
+    kpis json NOT NULL, measures json NOT NULL,
     revision bigint NOT NULL, published_revision bigint NOT NULL DEFAULT 0,
     CONSTRAINT pk_scoring_scores PRIMARY KEY (account_id));
 CREATE INDEX ix_scoring_scores_score ON scoring_scores (score);
+CREATE INDEX ix_scoring_scores_evaluated_at ON scoring_scores (evaluated_at);
 
 CREATE TABLE scoring_history (
     account_id text NOT NULL, day date NOT NULL, evaluated_at timestamptz NOT NULL,
     score double precision, band text, coverage double precision NOT NULL,
     model_version text NOT NULL, in_grace_period boolean NOT NULL,
-    kpis jsonb NOT NULL, measures jsonb NOT NULL,
+    kpis json NOT NULL, measures json NOT NULL,
     CONSTRAINT pk_scoring_history PRIMARY KEY (account_id, day));
 """
 
