@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from services.scoring.clock import Clock
+from services.scoring.store import unpack_measures
 from shared.auth import Scope, require_scope
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_scope(Scope.READ))])
@@ -164,7 +165,7 @@ async def account_health(request: Request, account_id: AccountId) -> dict[str, A
         "kpis": r["kpis"],
         "measures": [
             {k: m[k] for k in ("kpi", "value", "points", "weight", "contribution", "left_on_table")}
-            for m in r["measures"]
+            for m in unpack_measures(r["measures"], r["kpis"])
         ],
     }
 
@@ -211,7 +212,7 @@ async def account_changes(
         raise _invalid("from", "from must not be after to")
     await _require_account(request, account_id)
     rows = await _pool(request).fetch(
-        """SELECT day, score, band, model_version, measures FROM scoring_history
+        """SELECT day, score, band, model_version, kpis, measures FROM scoring_history
            WHERE account_id = $1 AND day = ANY($2::date[])""",
         account_id,
         [from_day, to_day],
@@ -221,8 +222,8 @@ async def account_changes(
     if missing:
         raise HTTPException(404, f"no score history for {account_id!r} on {', '.join(missing)}")
     a, b = by_day[from_day], by_day[to_day]
-    ma = {m["kpi"]: m for m in a["measures"]}
-    mb = {m["kpi"]: m for m in b["measures"]}
+    ma = {m["kpi"]: m for m in unpack_measures(a["measures"], a["kpis"])}
+    mb = {m["kpi"]: m for m in unpack_measures(b["measures"], b["kpis"])}
     measures = []
     for kpi in list(ma) + [k for k in mb if k not in ma]:
         x, y = ma.get(kpi, {}), mb.get(kpi, {})

@@ -413,6 +413,25 @@ async def load_states(
 
 # ---------------------------------------------------------------- score writes
 
+_MEASURE_FIELDS = ("kpi", "group", "points", "weight", "contribution", "left_on_table")
+
+
+def pack_measures(measures: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Stored form of an explanation: one array per measure, without the KPI value
+    (it is in ``kpis``). Keeps score and history rows small (under the TOAST
+    threshold), which matters: they are written for every evaluation."""
+    return [[m[f] for f in _MEASURE_FIELDS] for m in measures]
+
+
+def unpack_measures(packed: Sequence[Sequence[Any]], kpis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The explanation as the API shows it (:class:`shared.health.MeasureResult` fields)."""
+    out = []
+    for row in packed:
+        m = dict(zip(_MEASURE_FIELDS, row, strict=True))
+        m["value"] = kpis.get(m["kpi"])
+        out.append(m)
+    return out
+
 
 @dataclass(frozen=True)
 class ScoreRow:
@@ -446,7 +465,7 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
         [r.model_version for r in rows],
         [r.in_grace_period for r in rows],
         [orjson.dumps(r.kpis).decode() for r in rows],
-        [orjson.dumps(r.measures).decode() for r in rows],
+        [orjson.dumps(pack_measures(r.measures)).decode() for r in rows],
     ]
     await pg.execute(
         """INSERT INTO scoring_history AS t (account_id, day, evaluated_at, score, band,

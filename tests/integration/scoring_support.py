@@ -88,7 +88,9 @@ class Stack:
             "SELECT * FROM scoring_scores WHERE account_id = $1", account
         )
         assert row is not None, f"no score for {account}"
-        return dict(row)
+        out = dict(row)
+        out["measures"] = store.unpack_measures(out["measures"], out["kpis"])
+        return out
 
 
 @contextlib.asynccontextmanager
