@@ -138,7 +138,14 @@ async def test_kill_minus_9_while_streaming_loses_and_doubles_nothing(
             if got == want:  # may be reached only once the whole stream is applied
                 break
             await asyncio.sleep(0.2)
+        metrics = (await client.get("/metrics")).text
     svc.stop()
+    assert 'healthscore_scoring_events_total{outcome="applied"' in metrics or (
+        "healthscore_scoring_events_total{" in metrics and 'outcome="applied"' in metrics
+    )
+    assert "healthscore_scoring_consumer_lag_events{" in metrics
+    assert "healthscore_scoring_event_to_score_seconds_count" in metrics
+    assert 'healthscore_scoring_accounts_scored_total{trigger="events"}' in metrics
     for a in ACCOUNTS:
         assert got[a]["mau"] == want[a]["mau"], a
         assert got[a]["touchpoints_30d"] == want[a]["touchpoints_30d"], a

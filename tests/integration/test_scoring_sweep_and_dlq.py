@@ -144,3 +144,34 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     assert await stack.pool.fetchval(
         "SELECT published_revision = revision FROM scoring_scores WHERE account_id = 'quiet'"
     )
+
+    # a week later: score_delta_7d compares with the history row of 7 days before
+    stack.clock.advance(timedelta(days=7))
+    assert await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock) >= 1
+    week_later = await stack.health("quiet")
+    assert week_later["score_delta_7d"] == pytest.approx(
+        week_later["score"] - after["score"], abs=0.01
+    )
+    assert after["score_delta_7d"] is None  # no history row 7 days before D+10
+    # that evaluation was committed but never published (no producer: as if the
+    # broker failed); the next sweep republishes it at the same revision
+    assert await stack.pool.fetchval(
+        "SELECT published_revision < revision FROM scoring_scores WHERE account_id = 'quiet'"
+    )
+    stack.clock.advance(timedelta(seconds=10))
+    producer = new_producer(stack.settings)
+    await producer.start()
+    try:
+        assert await sweep_once(stack.settings, stack.pool, producer, stack.model, stack.clock) == 0
+    finally:
+        await producer.stop()
+    assert await stack.pool.fetchval(
+        "SELECT published_revision = revision FROM scoring_scores WHERE account_id = 'quiet'"
+    )
+    snaps = [
+        HealthSnapshot.decode(m.value)  # type: ignore[attr-defined]
+        for m in await _read_all(stack, stack.settings.topics.health, 100)
+    ]
+    last = [x for x in snaps if x.account_id == "quiet"][-1]
+    assert last.revision == week_later["revision"]
+    assert last.score_delta_7d == week_later["score_delta_7d"]
