@@ -101,16 +101,35 @@ async def load_offsets(
     return {tp: off for tp, off in out.items() if tp in wanted}
 
 
-async def store_offsets(pg: store.Pg, offsets: dict[TopicPartition, int]) -> None:
+class Fenced(Exception):
+    """Another consumer already stored offsets past the start of this batch (it got
+    these partitions in a rebalance and applied them): the batch must not apply."""
+
+
+async def store_offsets(
+    pg: store.Pg, offsets: dict[TopicPartition, int], first: dict[TopicPartition, int]
+) -> None:
+    """Store the next offsets, fenced: each partition's stored offset must not be past
+    the first offset of this batch, or :class:`Fenced` is raised (the caller's
+    transaction rolls back, so nothing of the batch is applied twice)."""
     tps = list(offsets)
-    await pg.execute(
-        """INSERT INTO scoring_consumer_offsets (topic, partition, next_offset)
-           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
-           ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset""",
+    rows = await pg.fetch(
+        """WITH x AS (
+             SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[])
+               AS x(topic, partition, next_offset, first_offset))
+           INSERT INTO scoring_consumer_offsets AS t (topic, partition, next_offset)
+           SELECT topic, partition, next_offset FROM x
+           ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset
+           WHERE t.next_offset <= (SELECT x.first_offset FROM x
+                                   WHERE x.topic = t.topic AND x.partition = t.partition)
+           RETURNING t.topic""",
         [tp.topic for tp in tps],
         [tp.partition for tp in tps],
         [offsets[tp] for tp in tps],
+        [first[tp] for tp in tps],
     )
+    if len(rows) != len(tps):
+        raise Fenced(f"offsets of {len(tps) - len(rows)} partition(s) moved past this batch")
 
 
 def decode(raw: bytes | None) -> Event:
@@ -153,6 +172,7 @@ class BatchProcessor:
         started = time.perf_counter()
         events: list[tuple[Event, str]] = []
         offsets: dict[TopicPartition, int] = {}
+        first: dict[TopicPartition, int] = {}
         size = 0
         for tp, messages in batches.items():
             for msg in messages:
@@ -168,6 +188,7 @@ class BatchProcessor:
                     EVENTS.labels(tp.topic, "dead_lettered").inc()
             if messages:
                 offsets[tp] = messages[-1].offset + 1
+                first[tp] = messages[0].offset
         # First occurrence of an id inside the batch wins; the table catches the rest.
         unique: dict[str, tuple[Event, str]] = {}
         in_batch_duplicates: Counter[str] = Counter()
@@ -205,7 +226,7 @@ class BatchProcessor:
                 source_received_at=first_received,
             )
             if offsets:
-                await store_offsets(pg, offsets)
+                await store_offsets(pg, offsets, first)
             return fresh, snapshots
 
         fresh, snapshots = await in_transaction(self.pool, work)
@@ -287,7 +308,18 @@ async def run_consumer(
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=settings.batch_max_events)
             if batches:
-                offsets = await processor.process(batches)
+                try:
+                    offsets = await processor.process(batches)
+                except Fenced as exc:
+                    # A rebalance moved these partitions meanwhile and their new owner
+                    # applied them: resume from what is stored, apply nothing.
+                    log.warning("batch fenced; re-seeking", extra={"reason": str(exc)})
+                    stored = await load_offsets(pool, list(batches))
+                    assigned = consumer.assignment()
+                    for tp in batches:
+                        if tp in assigned and tp in stored:
+                            consumer.seek(tp, stored[tp])
+                    continue
                 try:
                     await asyncio.wait_for(consumer.commit(offsets), 10)
                 except Exception as exc:  # offsets are safe in Postgres; commit is a hint
