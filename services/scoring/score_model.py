@@ -209,6 +209,36 @@ class Evaluation:
     measures: list[MeasureScore]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The measures of one (model, lifecycle stage, grace) combination, flattened once."""
+
+    shown: tuple[tuple[str, str | None, float, float], ...]  # kpi, group, red, green
+    # applied groups: (group weight, Σ measure weights, ((kpi, measure weight), ...))
+    applied: tuple[tuple[float, float, tuple[tuple[str, float], ...]], ...]
+    total_group_weight: float
+
+
+_PLANS: dict[tuple[int, str | None, bool], tuple[ScoreModel, _Plan]] = {}
+
+
+def _plan(model: ScoreModel, lifecycle_stage: str | None, grace: bool) -> _Plan:
+    key = (id(model), lifecycle_stage, grace)
+    cached = _PLANS.get(key)
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    groups = model.measures_for(lifecycle_stage)
+    shown = tuple((m.kpi, g.name or None, m.red, m.green) for g in groups for m in g.measures)
+    applied = []
+    for g in groups:
+        ms = tuple((m.kpi, m.weight) for m in g.measures if not (grace and m.adoption))
+        if ms:
+            applied.append((g.weight, sum(w for _, w in ms), ms))
+    plan = _Plan(shown, tuple(applied), sum(a[0] for a in applied))
+    _PLANS[key] = (model, plan)
+    return plan
+
+
 def evaluate(
     model: ScoreModel,
     kpis: Mapping[str, KpiValue],
@@ -218,45 +248,43 @@ def evaluate(
     as_of: date,
 ) -> Evaluation:
     grace = in_grace_period(lifecycle_stage, onboarding_completed_at, as_of, model.grace_days)
-    groups = model.measures_for(lifecycle_stage)
-    applied = [(g, [m for m in g.measures if not (grace and m.adoption)]) for g in groups]
-    applied = [(g, ms) for g, ms in applied if ms]
-    total_group_w = sum(g.weight for g, _ in applied)
+    plan = _plan(model, lifecycle_stage, grace)
     coverage = 0.0
-    with_data: list[tuple[Group, list[Measure]]] = []
-    for g, ms in applied:
-        group_m_w = sum(m.weight for m in ms)
-        have = [m for m in ms if kpis.get(m.kpi) is not None]
-        coverage += sum((g.weight / total_group_w) * (m.weight / group_m_w) for m in have)
+    with_data: list[tuple[float, float, list[tuple[str, float]]]] = []
+    for group_w, group_m_w, ms in plan.applied:
+        have = [(kpi, w) for kpi, w in ms if kpis.get(kpi) is not None]
         if have:
-            with_data.append((g, have))
+            have_w = sum(w for _, w in have)
+            coverage += (group_w / plan.total_group_weight) * (have_w / group_m_w)
+            with_data.append((group_w, have_w, have))
     coverage = round(coverage, 6)
     effective: dict[str, float] = {}
-    data_group_w = sum(g.weight for g, _ in with_data)
-    for g, have in with_data:
-        have_w = sum(m.weight for m in have)
-        for m in have:
-            effective[m.kpi] = (g.weight / data_group_w) * (m.weight / have_w)
+    data_group_w = sum(g[0] for g in with_data)
+    for group_w, have_w, have in with_data:
+        for kpi, w in have:
+            effective[kpi] = (group_w / data_group_w) * (w / have_w)
     results: list[MeasureScore] = []
     score_sum = 0.0
-    for g in groups:
-        for m in g.measures:
-            value = kpis.get(m.kpi)
-            w = effective.get(m.kpi, 0.0)
-            pts = points(value, m.red, m.green) if m.kpi in effective else None
-            contribution = (pts or 0.0) * w
-            score_sum += contribution
-            results.append(
-                MeasureScore(
-                    m.kpi,
-                    g.name or None,
-                    value,
-                    None if pts is None else round(pts, 2),
-                    round(w, 6),
-                    round(contribution, 4),
-                    round((100.0 - pts) * w, 4) if pts is not None else 0.0,
-                )
+    for kpi, group, red, green in plan.shown:
+        value = kpis.get(kpi)
+        eff = effective.get(kpi)
+        if eff is None or value is None:
+            results.append(MeasureScore(kpi, group, value, None, 0.0, 0.0, 0.0))
+            continue
+        pts = 100.0 * min(1.0, max(0.0, (float(value) - red) / (green - red)))
+        contribution = pts * eff
+        score_sum += contribution
+        results.append(
+            MeasureScore(
+                kpi,
+                group,
+                value,
+                round(pts, 2),
+                round(eff, 6),
+                round(contribution, 4),
+                round((100.0 - pts) * eff, 4),
             )
+        )
     score = round(score_sum, 2) if with_data and coverage >= model.min_coverage else None
     return Evaluation(
         score=score,
