@@ -155,6 +155,12 @@ class BatchProcessor:
         self.producer = producer
         self.model = model
         self.clock = clock
+        self.published: dict[str, int] = {}  # sent, not yet recorded in Postgres
+
+    async def flush_published(self) -> None:
+        published, self.published = self.published, {}
+        async with self.pool.acquire() as pg:
+            await store.mark_published(pg, published)
 
     async def dead_letter(self, msg: Any, reason: str) -> None:
         headers = [
@@ -206,6 +212,7 @@ class BatchProcessor:
         async def work(pg: store.Pg) -> tuple[list[tuple[Event, str]], list[Snapshot]]:
             ids = list(unique)
             received = [unique[i][0].received_at for i in ids]
+            await store.mark_published(pg, published)
             new = await store.claim_new_events(pg, ids, received)  # type: ignore[arg-type]
             fresh = [unique[i] for i in ids if i in new]
             deltas = fold([ev for ev, _ in fresh])
@@ -229,7 +236,12 @@ class BatchProcessor:
                 await store_offsets(pg, offsets, first)
             return fresh, snapshots
 
-        fresh, snapshots = await in_transaction(self.pool, work)
+        published, self.published = self.published, {}
+        try:
+            fresh, snapshots = await in_transaction(self.pool, work)
+        except BaseException:
+            self.published = published | self.published
+            raise
         committed = datetime.now(UTC)
         applied: Counter[str] = Counter()
         for ev, topic in fresh:
@@ -245,10 +257,36 @@ class BatchProcessor:
             EVENTS.labels(topic, "applied").inc(n)
         for topic, n in duplicates.items():
             EVENTS.labels(topic, "duplicate").inc(n)
-        await publish(self.pool, self.producer, self.settings.topics.health, snapshots)
+        # Recorded as published inside the next batch's transaction (saves a commit
+        # per batch); if the process dies first, the sweeper republishes them.
+        self.published.update(
+            await send_snapshots(self.producer, self.settings.topics.health, snapshots)
+        )
         BATCH_SIZE.observe(size)
         BATCH_DURATION.observe(time.perf_counter() - started)
         return offsets
+
+
+async def send_snapshots(
+    producer: AIOKafkaProducer, topic: str, snapshots: Sequence[Snapshot]
+) -> dict[str, int]:
+    """Publish committed snapshots; returns {account: revision} of those the broker
+    acknowledged ({} on failure, logged: the sweeper republishes what stays
+    unpublished)."""
+    if not snapshots:
+        return {}
+    try:
+        futures = [
+            await producer.send(topic, s.encode(), key=s.account_id.encode()) for s in snapshots
+        ]
+        await asyncio.gather(*futures)
+    except Exception:
+        log.exception("publishing health snapshots failed; the sweeper will retry")
+        return {}
+    done: dict[str, int] = {}
+    for s in snapshots:
+        done[s.account_id] = max(done.get(s.account_id, 0), s.revision)
+    return done
 
 
 async def publish(
@@ -257,23 +295,11 @@ async def publish(
     topic: str,
     snapshots: Sequence[Snapshot],
 ) -> None:
-    """Publish committed snapshots, then record them as published. A failure is
-    logged, not raised: the sweeper republishes what stayed unpublished."""
-    if not snapshots:
-        return
-    try:
-        futures = [
-            await producer.send(topic, s.encode(), key=s.account_id.encode()) for s in snapshots
-        ]
-        await asyncio.gather(*futures)
-    except Exception:
-        log.exception("publishing health snapshots failed; the sweeper will retry")
-        return
-    done: dict[str, int] = {}
-    for s in snapshots:
-        done[s.account_id] = max(done.get(s.account_id, 0), s.revision)
-    async with pool.acquire() as pg:
-        await store.mark_published(pg, done)
+    """Publish committed snapshots, then record them as published (own statement)."""
+    done = await send_snapshots(producer, topic, snapshots)
+    if done:
+        async with pool.acquire() as pg:
+            await store.mark_published(pg, done)
 
 
 async def update_lag(consumer: AIOKafkaConsumer) -> None:
@@ -324,7 +350,11 @@ async def run_consumer(
                     await asyncio.wait_for(consumer.commit(offsets), 10)
                 except Exception as exc:  # offsets are safe in Postgres; commit is a hint
                     log.warning("kafka commit failed", extra={"error": str(exc)})
+            elif processor.published:  # idle: record what was published meanwhile
+                await processor.flush_published()
             await update_lag(consumer)
+        if processor.published:
+            await processor.flush_published()
     finally:
         try:
             await asyncio.wait_for(consumer.stop(), 10)
