@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
@@ -13,7 +15,7 @@ from fastapi import FastAPI
 from services.scoring import store
 from services.scoring.api import router
 from services.scoring.consumer import new_producer, run_consumer
-from services.scoring.score_model import load_model
+from services.scoring.score_model import ModelError, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.sweep import run_sweeper
 from shared import db
@@ -22,6 +24,8 @@ from shared.http import install_common
 from shared.kafka import broker_reachable, ensure_topics
 from shared.migrate import check_migrated
 from shared.runner import WorkerStatus
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -> FastAPI:
@@ -62,7 +66,12 @@ def run(host: str, port: int) -> int:
 
     settings = ScoringSettings()
     setup_logging("scoring", settings.log_level, settings.log_format)
-    model = load_model(settings.score_model)  # an invalid model stops the start here
+    try:
+        model = load_model(settings.score_model)
+    except ModelError as exc:  # refuse to start, saying why
+        log.error(str(exc))
+        print(str(exc), file=sys.stderr)
+        return 2
     clock = settings.clock()
 
     async def preflight() -> None:

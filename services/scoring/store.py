@@ -68,10 +68,24 @@ async def claim_new_events(pg: Pg, ids: Sequence[str], received: Sequence[dateti
     return {r[0] for r in rows}
 
 
+RETENTION_DAYS = 400  # events older than this are refused by ingest (SPEC §3.1)
+
+
 async def prune_processed(pg: Pg, now: datetime) -> int:
+    """Forget event ids older than the 7-day dedup window and window buckets and
+    history older than 400 days (no window or rule looks further back)."""
     status: str = await pg.execute(
         "DELETE FROM scoring_processed_events WHERE received_at < $1", now - DEDUP_WINDOW
     )
+    horizon = now.date() - timedelta(days=RETENTION_DAYS)
+    for table in (
+        "scoring_account_days",
+        "scoring_user_days",
+        "scoring_feature_days",
+        "scoring_contact_days",
+        "scoring_history",
+    ):
+        await pg.execute(f"DELETE FROM {table} WHERE day < $1", horizon)
     return int(status.rsplit(" ", 1)[-1])
 
 

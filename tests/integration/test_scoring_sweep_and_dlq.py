@@ -175,3 +175,28 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     last = [x for x in snaps if x.account_id == "quiet"][-1]
     assert last.revision == week_later["revision"]
     assert last.score_delta_7d == week_later["score_delta_7d"]
+
+
+async def test_pruning_forgets_old_ids_and_buckets_only(stack: Stack) -> None:
+    from services.scoring import store
+
+    now = stack.clock.now()
+    async with stack.pool.acquire() as pg:
+        await pg.execute(
+            "INSERT INTO scoring_processed_events VALUES ('old-id', $1), ('new-id', $2)",
+            now - timedelta(days=8),
+            now - timedelta(days=6),
+        )
+        await pg.execute(
+            "INSERT INTO scoring_account_days (account_id, day, product_events) VALUES"
+            " ('pruned', $1, 1), ('pruned', $2, 1)",
+            now.date() - timedelta(days=401),
+            now.date() - timedelta(days=399),
+        )
+        await store.prune_processed(pg, now)
+        ids = await pg.fetch(
+            "SELECT event_id FROM scoring_processed_events WHERE event_id LIKE '%-id'"
+        )
+        days = await pg.fetch("SELECT day FROM scoring_account_days WHERE account_id = 'pruned'")
+    assert [r[0] for r in ids] == ["new-id"]
+    assert [r[0] for r in days] == [now.date() - timedelta(days=399)]
