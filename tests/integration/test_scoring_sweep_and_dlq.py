@@ -200,3 +200,31 @@ async def test_pruning_forgets_old_ids_and_buckets_only(stack: Stack) -> None:
         days = await pg.fetch("SELECT day FROM scoring_account_days WHERE account_id = 'pruned'")
     assert [r[0] for r in ids] == ["new-id"]
     assert [r[0] for r in days] == [now.date() - timedelta(days=399)]
+
+
+async def test_two_sweepers_share_the_work_without_double_evaluation(stack: Stack) -> None:
+    import asyncio
+
+    from services.scoring import store
+    from services.scoring.clock import FixedClock
+
+    await stack.send([stack.event("login", f"many-{i}", D, user_id="u") for i in range(40)])
+    await stack.wait_consumed()
+    before = dict(
+        await stack.pool.fetch("SELECT account_id, revision FROM scoring_scores")  # type: ignore[arg-type]
+    )
+    later = FixedClock(stack.clock.now() + timedelta(days=1))
+    other = await store.create_pool(stack.settings.database_url)
+    small = stack.settings.model_copy(update={"sweep_batch": 5})
+    try:
+        a, b = await asyncio.gather(
+            sweep_once(small, stack.pool, None, stack.model, later),
+            sweep_once(small, other, None, stack.model, later),
+        )
+    finally:
+        await other.close()
+    after = dict(
+        await stack.pool.fetch("SELECT account_id, revision FROM scoring_scores")  # type: ignore[arg-type]
+    )
+    assert a + b == len(before)  # every account exactly once across both sweepers
+    assert all(after[k] == before[k] + 1 for k in before)
