@@ -194,6 +194,28 @@ def keys_revoke(key_id: str) -> None:
     typer.echo(f"revoked {key_id}")
 
 
+@app.command()
+def rescore(
+    days: Annotated[int, typer.Option(min=1, max=400, help="How many days back (incl. today).")],
+) -> None:
+    """Recompute the daily score history with the current score model (after a change)."""
+    from services.scoring.rescore import rescore as run_rescore
+    from services.scoring.score_model import ModelError, load_model
+    from services.scoring.settings import ScoringSettings
+
+    settings = ScoringSettings()
+    try:
+        model = load_model(settings.score_model)
+    except ModelError as exc:
+        typer.echo(str(exc), err=True)
+        _exit(2)
+    rows = asyncio.run(run_rescore(settings, days, model, settings.clock()))
+    typer.echo(
+        f"rescored {rows} account-days with model {model.version}; "
+        "today's scores follow on the next sweep"
+    )
+
+
 def main() -> None:
     app(prog_name="healthscore")
 

@@ -1,21 +1,31 @@
-"""Scoring entrypoint: the read API (HTTP thread) and the consumer (main loop)."""
+"""Scoring entrypoint: the read API (HTTP thread) and two workers on the main loop:
+the consumer (events → windows → scores) and the sweeper (time-driven re-evaluation)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.scoring.consumer import run_consumer
+from services.scoring import store
+from services.scoring.api import router
+from services.scoring.consumer import new_producer, run_consumer
+from services.scoring.score_model import ModelError, load_model
 from services.scoring.settings import ScoringSettings
+from services.scoring.sweep import run_sweeper
 from shared import db
 from shared.auth import KeyStore
 from shared.http import install_common
 from shared.kafka import broker_reachable, ensure_topics
 from shared.migrate import check_migrated
 from shared.runner import WorkerStatus
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -> FastAPI:
@@ -24,9 +34,12 @@ def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -
         engine = db.create_engine(settings.database_url)
         app.state.engine = engine
         app.state.keys = KeyStore(engine, settings.bootstrap_key)
+        app.state.pool = await store.create_pool(settings.database_url, size=4)
+        app.state.clock = settings.clock()
         try:
             yield
         finally:
+            await app.state.pool.close()
             await engine.dispose()
 
     app = FastAPI(title="Healthscore scoring", version="0.1.0", lifespan=lifespan)
@@ -43,6 +56,7 @@ def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -
     install_common(
         app, "scoring", {"database": database_ok, "broker": broker_ok, "consumer": consumer_ok}
     )
+    app.include_router(router)
     return app
 
 
@@ -52,6 +66,13 @@ def run(host: str, port: int) -> int:
 
     settings = ScoringSettings()
     setup_logging("scoring", settings.log_level, settings.log_format)
+    try:
+        model = load_model(settings.score_model)
+    except ModelError as exc:  # refuse to start, saying why
+        log.error(str(exc))
+        print(str(exc), file=sys.stderr)
+        return 2
+    clock = settings.clock()
 
     async def preflight() -> None:
         engine = db.create_engine(settings.database_url, pool_size=1)
@@ -63,12 +84,35 @@ def run(host: str, port: int) -> int:
 
     asyncio.run(preflight())
 
-    async def consumer(stop: asyncio.Event) -> None:
-        engine = db.create_engine(settings.database_url)
+    async def workers(stop: asyncio.Event) -> None:
+        """The consumer and the sweeper, sharing one pool and one producer; when
+        either fails the other is stopped too (the process exits non-zero)."""
+        pool = await store.create_pool(settings.database_url, size=4)
+        producer = new_producer(settings)
         try:
-            await run_consumer(settings, engine, stop)
+            await producer.start()
+
+            async def guarded(work: Awaitable[None]) -> None:
+                try:
+                    await work
+                except BaseException:
+                    stop.set()
+                    raise
+
+            await asyncio.gather(
+                guarded(run_consumer(settings, pool, producer, model, clock, stop)),
+                guarded(run_sweeper(settings, pool, producer, model, clock, stop)),
+            )
         finally:
-            await engine.dispose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), 10)
+            await pool.close()
 
     status = WorkerStatus()
-    return serve(create_app(settings, status), host, port, [("consumer", consumer)], status)
+    return serve(
+        create_app(settings, status),
+        host,
+        port,
+        [("scoring", workers)],
+        status,
+    )

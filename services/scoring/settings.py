@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-from pydantic import Field
+from datetime import datetime, timedelta
+from pathlib import Path
 
+from pydantic import AwareDatetime, Field
+
+from services.scoring.clock import Clock, FixedClock, SystemClock
 from shared.settings import CommonSettings
 
 
@@ -11,3 +15,26 @@ class ScoringSettings(CommonSettings):
     consumer_group: str = "healthscore-scoring"
     batch_max_events: int = Field(default=5_000, ge=1)
     sweep_interval: float = Field(default=900.0, gt=0, description="Seconds; SPEC §4.")
+    sweep_poll_seconds: float = Field(
+        default=5.0, gt=0, description="How often the sweeper looks for stale accounts."
+    )
+    sweep_batch: int = Field(default=500, ge=1, le=10_000)
+    score_model: Path | None = Field(
+        default=None, description="Score model YAML (default: the shipped model)."
+    )
+    # Test-only clock controls (SPEC §4 "one clock tests can control"): never set
+    # them in production.
+    now: AwareDatetime | None = Field(
+        default=None, description="TEST ONLY: a fixed current time for the scoring clock."
+    )
+    clock_offset_seconds: float = Field(
+        default=0.0, description="TEST ONLY: shift the scoring clock by this many seconds."
+    )
+
+    def clock(self) -> Clock:
+        if self.now is not None:
+            return FixedClock(self.now)
+        return SystemClock(timedelta(seconds=self.clock_offset_seconds))
+
+
+__all__ = ["ScoringSettings", "datetime"]

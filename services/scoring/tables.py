@@ -1,8 +1,21 @@
-"""Tables owned by the scoring service (schema changes: services/scoring/migrations)."""
+"""Tables owned by the scoring service (schema: services/scoring/migrations).
+
+The window tables are bucketed by day so the cost of applying an event never
+depends on how much history exists (see docs/scoring.md, "Storage"):
+
+- ``scoring_account_days``   one row per (account, day): counters and sums
+- ``scoring_user_days``      one row per (account, day, active user)
+- ``scoring_feature_days``   one row per (account, day, feature used)
+- ``scoring_contacts``       one row per (account, contact): role, left_company, …
+- ``scoring_contact_days``   one row per (account, day, contact): inbound/outbound touches
+- ``scoring_accounts``       one row per account: attributes with their "as of" times
+- ``scoring_processed_events`` event ids seen in the last 7 days (dedup)
+- ``scoring_scores`` / ``scoring_history`` the current score and one row per day
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, Table, Text
+from sqlalchemy import BigInteger, Column, Integer, Table, Text
 
 from shared.db import new_metadata
 
@@ -18,14 +31,14 @@ consumer_offsets = Table(
     Column("next_offset", BigInteger, nullable=False),
 )
 
-# Walking skeleton: every consumed event, by id (the scoring issue replaces this
-# with the rolling windows).
-events_seen = Table(
-    "scoring_events_seen",
-    metadata,
-    Column("event_id", Text, primary_key=True),
-    Column("account_id", Text, nullable=False),
-    Column("type", Text, nullable=False),
-    Column("event_time", DateTime(timezone=True), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+WINDOW_TABLES: tuple[str, ...] = (
+    "scoring_accounts",
+    "scoring_account_days",
+    "scoring_user_days",
+    "scoring_feature_days",
+    "scoring_contacts",
+    "scoring_contact_days",
+    "scoring_processed_events",
+    "scoring_scores",
+    "scoring_history",
 )

@@ -83,7 +83,7 @@ def _count_events(data_dir: Path) -> int | None:
         try:
             return int(
                 await conn.fetchval(
-                    "SELECT count(*) FROM scoring_events_seen WHERE event_id = 'dev-1'"
+                    "SELECT count(*) FROM scoring_processed_events WHERE event_id = 'dev-1'"
                 )
             )
         finally:

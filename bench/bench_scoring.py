@@ -1,0 +1,332 @@
+"""Scoring throughput vs the bare ceiling, event→score latency at a steady rate,
+cost per event with 1k vs 100k accounts, peak RSS.
+
+- ceiling: consume the same messages → decode → aggregate per (account, day) →
+  one unnest upsert + offsets per batch → commit (what any Postgres-backed
+  consumer must do at least);
+- scoring: the real scoring consumer (run in-process, same code as the service):
+  dedup, every window table, set-based evaluation of every touched account,
+  score + history upserts, offsets, snapshot publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import resource
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest import mock
+
+import asyncpg
+import orjson
+
+from bench.context import BenchContext, Row
+from services.scoring import store
+from services.scoring.clock import SystemClock
+from services.scoring.consumer import new_producer, run_consumer
+from services.scoring.metrics import EVENT_TO_SCORE
+from services.scoring.score_model import load_model
+from services.scoring.settings import ScoringSettings
+from shared.events import decode_event, event_day
+from shared.kafka import ensure_topics, make_consumer, make_producer
+
+NOW = datetime.now(UTC)
+
+
+def make_events(n: int, accounts: int, seed: int = 1, history_days: int = 30) -> list[bytes]:
+    rnd = random.Random(seed)
+    out = []
+    received = datetime.now(UTC).isoformat()
+    for i in range(n):
+        a = f"a{rnd.randrange(accounts)}"
+        ts = NOW - timedelta(days=rnd.randrange(history_days), seconds=rnd.randrange(3600))
+        base = {
+            "id": f"b{seed}-{i}",
+            "account_id": a,
+            "timestamp": ts.isoformat(),
+            "received_at": received,
+        }
+        k = rnd.random()
+        if k < 0.3:
+            ev = base | {"type": "login", "user_id": f"u{rnd.randrange(20)}"}
+        elif k < 0.55:
+            ev = base | {
+                "type": "feature_used",
+                "user_id": f"u{rnd.randrange(20)}",
+                "feature": rnd.choice(["dashboard", "report", "export", "x", "y"]),
+            }
+        elif k < 0.75:
+            ev = base | {
+                "type": "session",
+                "user_id": f"u{rnd.randrange(20)}",
+                "duration_seconds": rnd.randrange(10, 3000),
+            }
+        else:
+            ev = base | {
+                "type": "communication",
+                "channel": "email",
+                "direction": rnd.choice(["inbound", "outbound"]),
+                "contact_id": f"c{rnd.randrange(5)}",
+                "sentiment": 0.2,
+            }
+        out.append(orjson.dumps(ev))
+    return out
+
+
+async def produce(settings: ScoringSettings, values: list[bytes]) -> None:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for v in values:
+            key = orjson.loads(v)["account_id"].encode()
+            await producer.send(settings.topics.product, v, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def setup(ctx: BenchContext, label: str) -> ScoringSettings:
+    url = await ctx.database(label)
+    env = ctx.env(url, ctx.topic_prefix())
+    with mock.patch.dict(os.environ, env):
+        settings = ScoringSettings()
+    await ensure_topics(settings)
+    return settings
+
+
+async def bare_ceiling(settings: ScoringSettings, n: int) -> float:
+    pg = await asyncpg.connect(store.dsn(settings.database_url))
+    await pg.execute(
+        "CREATE TABLE bench_bare (account_id text, day date, events int,"
+        " PRIMARY KEY (account_id, day))"
+    )
+    consumer = make_consumer(settings, "bench-bare", settings.topics.product)
+    await consumer.start()
+    done = 0
+    started = time.perf_counter()
+    try:
+        while done < n:
+            batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            agg: Counter[tuple[str, Any]] = Counter()
+            offsets = {}
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    ev = decode_event(m.value)
+                    agg[(ev.account_id, event_day(ev))] += 1
+                offsets[tp] = msgs[-1].offset + 1
+                done += len(msgs)
+            if not agg:
+                continue
+            keys = list(agg)
+            async with pg.transaction():
+                await pg.execute(
+                    """INSERT INTO bench_bare AS t SELECT * FROM
+                       unnest($1::text[], $2::date[], $3::int[])
+                       ON CONFLICT (account_id, day) DO UPDATE
+                       SET events = t.events + EXCLUDED.events""",
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
+                    [agg[k] for k in keys],
+                )
+                await pg.execute(
+                    """INSERT INTO scoring_consumer_offsets SELECT * FROM
+                       unnest($1::text[], $2::int[], $3::bigint[])
+                       ON CONFLICT (topic, partition) DO UPDATE
+                       SET next_offset = EXCLUDED.next_offset""",
+                    [tp.topic for tp in offsets],
+                    [tp.partition for tp in offsets],
+                    list(offsets.values()),
+                )
+            await consumer.commit(offsets)
+        return n / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+        await pg.close()
+
+
+async def scoring_run(
+    settings: ScoringSettings, target: int, produce_fn: Any = None
+) -> tuple[float, Any]:
+    """Run the scoring consumer until ``target`` events are applied; events/s."""
+    pool = await store.create_pool(settings.database_url)
+    producer = new_producer(settings)
+    await producer.start()
+    stop = asyncio.Event()
+    model = load_model()
+    started = time.perf_counter()
+    task = asyncio.create_task(run_consumer(settings, pool, producer, model, SystemClock(), stop))
+    try:
+        if produce_fn is not None:
+            await produce_fn()
+        while True:
+            got = await pool.fetchval(
+                "SELECT COALESCE(sum(next_offset), 0) FROM scoring_consumer_offsets"
+            )
+            if got >= target:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        return target / (time.perf_counter() - started), None
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await producer.stop()
+        await pool.close()
+
+
+def _histogram_counts() -> list[tuple[float, float]]:
+    out = []
+    for metric in EVENT_TO_SCORE.collect():
+        for s in metric.samples:
+            if s.name.endswith("_bucket"):
+                out.append((float(s.labels["le"]), s.value))
+    return out
+
+
+def _p99_from(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    diff = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=True)]
+    total = diff[-1][1]
+    for le, c in diff:
+        if c >= 0.99 * total:
+            return le
+    return float("inf")
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    rows: list[Row] = []
+    n = 20_000 if ctx.quick else 100_000
+
+    # 1. the same data through the bare ceiling and through scoring (1k accounts)
+    events = make_events(n, 1_000)
+    s1 = await setup(ctx, "scoring_bare")
+    await produce(s1, events)
+    bare = await bare_ceiling(s1, n)
+    rows.append(
+        Row(
+            "scoring",
+            "bare ceiling (consume→aggregate→upsert)",
+            bare,
+            "events/s",
+            f"{n:,} events, 1k accounts",
+        )
+    )
+    s2 = await setup(ctx, "scoring_full")
+    await produce(s2, events)
+    full, _ = await scoring_run(s2, n)
+    rows.append(
+        Row(
+            "scoring",
+            "scoring consumer, every KPI (1k accounts)",
+            full,
+            "events/s",
+            f"{n:,} events",
+        )
+    )
+    rows.append(Row("scoring", "scoring ÷ bare ceiling", 100 * full / bare, "%", "goal ≥ 40 %"))
+
+    # 2. cost per event with 100k accounts (same event count)
+    many = make_events(n, 100_000, seed=2)
+    s3 = await setup(ctx, "scoring_many")
+    await produce(s3, many)
+    wide, _ = await scoring_run(s3, n)
+    rows.append(
+        Row(
+            "scoring",
+            "scoring consumer (100k accounts)",
+            wide,
+            "events/s",
+            f"{1e6 / wide:.1f} µs/event vs {1e6 / full:.1f} µs/event at 1k",
+        )
+    )
+
+    # 3. 365 days of history vs 30 (same event count, 1k accounts)
+    year = make_events(n, 1_000, seed=3, history_days=365)
+    s4 = await setup(ctx, "scoring_year")
+    await produce(s4, year)
+    long_hist, _ = await scoring_run(s4, n)
+    rows.append(
+        Row(
+            "scoring",
+            "scoring consumer (365 days of history)",
+            long_hist,
+            "events/s",
+            f"vs {full:,.0f}/s with 30 days",
+        )
+    )
+
+    # 4. latency at a steady 2,000 events/s (after the group has joined: one warm-up event)
+    rate, seconds = 2_000, (3 if ctx.quick else 10)
+    s5 = await setup(ctx, "scoring_latency")
+    steady = rate * seconds
+    marks: dict[str, list[tuple[float, float]]] = {}
+
+    async def paced() -> None:
+        producer = make_producer(s5)
+        await producer.start()
+        pool = await store.create_pool(s5.database_url, size=1)
+        try:
+            warm = {
+                "id": "warm",
+                "type": "login",
+                "account_id": "warm",
+                "user_id": "u",
+                "timestamp": datetime.now(UTC).isoformat(),
+                "received_at": datetime.now(UTC).isoformat(),
+            }
+            await producer.send_and_wait(s5.topics.product, orjson.dumps(warm), key=b"warm")
+            for _ in range(1200):  # the group join takes a few seconds on tansu
+                if await pool.fetchval("SELECT count(*) FROM scoring_scores"):
+                    break
+                await asyncio.sleep(0.05)
+            marks["before"] = _histogram_counts()
+            rnd = random.Random(5)
+            t0 = time.perf_counter()
+            for i in range(steady):
+                due = t0 + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = datetime.now(UTC).isoformat()
+                ev = {
+                    "id": f"l{i}",
+                    "type": "login",
+                    "account_id": f"a{rnd.randrange(1000)}",
+                    "user_id": f"u{rnd.randrange(20)}",
+                    "timestamp": now,
+                    "received_at": now,
+                }
+                await producer.send(
+                    s5.topics.product, orjson.dumps(ev), key=ev["account_id"].encode()
+                )
+            await producer.flush()
+        finally:
+            await pool.close()
+            await producer.stop()
+
+    await scoring_run(s5, steady + 1, paced)
+    p99 = _p99_from(marks["before"], _histogram_counts())
+    rows.append(
+        Row(
+            "scoring",
+            "p99 event accepted → score committed",
+            p99 * 1000,
+            "ms",
+            f"histogram bucket bound; {rate:,}/s for {seconds} s; goal < 500 ms",
+        )
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append(
+        Row(
+            "scoring",
+            "peak RSS of the bench process (consumer in-process)",
+            rss,
+            "MiB",
+            "upper bound for the consumer: includes the generated data",
+        )
+    )
+    return rows

@@ -1,0 +1,133 @@
+"""One evaluation path for every trigger (events, sweep, rescore): read the windows
+of a set of accounts in one query, compute KPIs and scores, write the current score
+and the day's history row, and say which snapshots to publish.
+
+Runs inside the caller's transaction; the caller publishes the returned snapshots
+only after that transaction commits (see consumer.py / sweep.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Literal
+
+import orjson
+
+from services.scoring import store
+from services.scoring.kpis import compute_kpis
+from services.scoring.metrics import ACCOUNTS_SCORED
+from services.scoring.score_model import ScoreModel, evaluate
+from shared.health import Band
+
+Trigger = Literal["events", "sweep", "rescore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A :class:`shared.health.HealthSnapshot` ready to publish. Built as a plain
+    dict (same JSON as ``HealthSnapshot.encode()``; the tests decode it with
+    ``HealthSnapshot.decode``) because pydantic construction per account per
+    batch was the hottest spot of the consumer."""
+
+    account_id: str
+    revision: int
+    payload: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.payload)
+
+
+def _band(v: str | None) -> Band | None:
+    return v if v in ("green", "yellow", "red") else None  # type: ignore[return-value]
+
+
+async def evaluate_accounts(
+    pg: store.Pg,
+    account_ids: Sequence[str],
+    *,
+    model: ScoreModel,
+    as_of: date,
+    now: datetime,
+    trigger: Trigger,
+    source_received_at: dict[str, datetime] | None = None,
+    current: bool = True,
+) -> list[Snapshot]:
+    """Evaluate ``account_ids`` as of ``as_of``; returns the snapshots to publish
+    (accounts whose score, band or KPIs changed, or whose last snapshot was never
+    published). With ``current=False`` (rescore of a past day) only the history
+    row is written and nothing is published."""
+    states = await store.load_states(pg, account_ids, as_of, model.key_features)
+    rows: list[store.ScoreRow] = []
+    snapshots: list[Snapshot] = []
+    for st in states:
+        kpis = compute_kpis(st.windows)
+        ev = evaluate(
+            model,
+            kpis,
+            lifecycle_stage=st.lifecycle_stage,
+            onboarding_completed_at=st.onboarding_completed_at,
+            as_of=as_of,
+        )
+        delta = (
+            None
+            if ev.score is None or st.score_7d_ago is None
+            else round(ev.score - st.score_7d_ago, 2)
+        )
+        changed = (
+            st.revision is None
+            or st.prev_score != ev.score
+            or st.prev_band != ev.band
+            or st.prev_kpis != kpis
+        )
+        revision = (st.revision or 0) + 1 if changed else (st.revision or 0)
+        measures = [m.as_dict() for m in ev.measures]
+        rows.append(
+            store.ScoreRow(
+                account_id=st.account_id,
+                as_of=as_of,
+                evaluated_at=now,
+                trigger=trigger,
+                score=ev.score,
+                band=ev.band,
+                score_delta_7d=delta,
+                coverage=ev.coverage,
+                model_version=ev.model_version,
+                in_grace_period=ev.in_grace_period,
+                kpis=kpis,
+                measures=measures,
+                revision=revision,
+            )
+        )
+        if current and (changed or st.published_revision < revision):
+            received = (source_received_at or {}).get(st.account_id)
+            snapshots.append(
+                Snapshot(
+                    st.account_id,
+                    revision,
+                    {
+                        "account_id": st.account_id,
+                        "revision": revision,
+                        "as_of": as_of.isoformat(),
+                        "evaluated_at": now.isoformat(),
+                        "trigger": trigger,
+                        "account_name": st.name,
+                        "lifecycle_stage": st.lifecycle_stage,
+                        "csm": st.csm,
+                        "score": ev.score,
+                        "band": ev.band,
+                        "previous_band": _band(st.prev_band),
+                        "score_delta_7d": delta,
+                        "coverage": ev.coverage,
+                        "model_version": ev.model_version,
+                        "in_grace_period": ev.in_grace_period,
+                        "kpis": kpis,
+                        "measures": measures,
+                        "source_received_at": None if received is None else received.isoformat(),
+                    },
+                )
+            )
+    await store.save_scores(pg, rows, current=current)
+    ACCOUNTS_SCORED.labels(trigger).inc(len(rows))
+    return snapshots

@@ -1,0 +1,584 @@
+"""SQL adapter of the scoring service: window writes, set-based window reads,
+score and history writes. Every function runs inside the caller's transaction
+(the batch, the sweep or the request) and never commits.
+
+Hot-path statements are multi-row ``INSERT … SELECT FROM unnest($arrays) ON
+CONFLICT DO UPDATE``: one round trip per table per batch, whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # no stubs published
+import orjson
+
+from services.scoring.buckets import ACCOUNT_ATTRS, CONTACT_ATTRS, DAY_COUNTERS, BatchDeltas
+from services.scoring.kpis import KpiValue, WindowAggregates
+from shared.events import DEDUP_WINDOW
+
+Pg = Any  # an asyncpg.Connection (asyncpg ships no type stubs)
+Pool = Any  # an asyncpg.Pool
+
+
+def dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _init_connection(conn: Pg) -> None:
+    for kind in ("json", "jsonb"):
+        await conn.set_type_codec(
+            kind,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def create_pool(database_url: str, size: int = 4) -> Pool:
+    """An asyncpg pool whose connections encode/decode jsonb with orjson."""
+    return await asyncpg.create_pool(
+        dsn(database_url), min_size=1, max_size=size, init=_init_connection
+    )
+
+
+def _plain(v: Any) -> Any:
+    return v.value if isinstance(v, Enum) else v
+
+
+# ---------------------------------------------------------------- dedup
+
+
+async def claim_new_events(pg: Pg, ids: Sequence[str], received: Sequence[datetime]) -> set[str]:
+    """Record event ids; returns those not seen before (7-day dedup, SPEC §3.1)."""
+    if not ids:
+        return set()
+    rows = await pg.fetch(
+        """INSERT INTO scoring_processed_events (event_id, received_at)
+           SELECT * FROM unnest($1::text[], $2::timestamptz[])
+           ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
+        list(ids),
+        list(received),
+    )
+    return {r[0] for r in rows}
+
+
+RETENTION_DAYS = 400  # events older than this are refused by ingest (SPEC §3.1)
+
+
+async def prune_processed(pg: Pg, now: datetime) -> int:
+    """Forget event ids older than the 7-day dedup window and window buckets and
+    history older than 400 days (no window or rule looks further back)."""
+    status: str = await pg.execute(
+        "DELETE FROM scoring_processed_events WHERE received_at < $1", now - DEDUP_WINDOW
+    )
+    horizon = now.date() - timedelta(days=RETENTION_DAYS)
+    for table in (
+        "scoring_account_days",
+        "scoring_user_days",
+        "scoring_feature_days",
+        "scoring_contact_days",
+        "scoring_history",
+    ):
+        await pg.execute(f"DELETE FROM {table} WHERE day < $1", horizon)
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# ---------------------------------------------------------------- window writes
+
+
+async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
+    """Add one batch's deltas to the windows (one upsert per table)."""
+    # Accounts first, in key order: this row lock serialises concurrent evaluations
+    # of one account (a consumer and a sweep) and the fixed order avoids deadlocks.
+    accounts = sorted(d.last_event_day)
+    cols: dict[str, list[Any]] = {a: [] for a in ACCOUNT_ATTRS}
+    as_of: dict[str, list[datetime | None]] = {a: [] for a in ACCOUNT_ATTRS}
+    for acc in accounts:
+        upd = d.accounts.get(acc)
+        for a in ACCOUNT_ATTRS:
+            held = upd.values.get(a) if upd else None
+            cols[a].append(_plain(held[1]) if held else None)
+            as_of[a].append(held[0] if held else None)
+    types = {
+        "name": "text",
+        "seats_purchased": "int",
+        "lifecycle_stage": "text",
+        "onboarding_completed_at": "timestamptz",
+        "plan": "text",
+        "arr": "float8",
+        "renewal_date": "date",
+        "csm": "text",
+    }
+    args: list[Any] = [
+        accounts,
+        [d.first_event_day[a] for a in accounts],
+        [d.last_event_day[a] for a in accounts],
+    ]
+    unnest = ["$1::text[]", "$2::date[]", "$3::date[]"]
+    names = ["account_id", "first_event_day", "last_event_day"]
+    sets = [
+        "first_event_day = LEAST(t.first_event_day, EXCLUDED.first_event_day)",
+        "last_event_day = GREATEST(t.last_event_day, EXCLUDED.last_event_day)",
+    ]
+    for a in ACCOUNT_ATTRS:
+        args += [cols[a], as_of[a]]
+        unnest += [f"${len(args) - 1}::{types[a]}[]", f"${len(args)}::timestamptz[]"]
+        names += [a, f"{a}_as_of"]
+        wins = (
+            f"(EXCLUDED.{a}_as_of IS NOT NULL AND "
+            f"(t.{a}_as_of IS NULL OR EXCLUDED.{a}_as_of >= t.{a}_as_of))"
+        )
+        sets += [
+            f"{a} = CASE WHEN {wins} THEN EXCLUDED.{a} ELSE t.{a} END",
+            f"{a}_as_of = CASE WHEN {wins} THEN EXCLUDED.{a}_as_of ELSE t.{a}_as_of END",
+        ]
+    await pg.execute(
+        f"""INSERT INTO scoring_accounts AS t ({", ".join(names)})
+            SELECT * FROM unnest({", ".join(unnest)})
+            ON CONFLICT (account_id) DO UPDATE SET {", ".join(sets)}""",
+        *args,
+    )
+
+    # Active users: a (account, day, user) row new to the table adds one to the
+    # day's distinct count, so Σ daily distinct users never rescans user rows.
+    new_user_days: Counter[tuple[str, date]] = Counter()
+    if d.user_days:
+        ud = sorted(d.user_days)
+        rows = await pg.fetch(
+            """INSERT INTO scoring_user_days (account_id, day, user_id)
+               SELECT * FROM unnest($1::text[], $2::date[], $3::text[])
+               ON CONFLICT DO NOTHING RETURNING account_id, day""",
+            [r[0] for r in ud],
+            [r[1] for r in ud],
+            [r[2] for r in ud],
+        )
+        new_user_days.update((r[0], r[1]) for r in rows)
+
+    keys = sorted(set(d.days) | set(new_user_days))
+    if keys:
+        counter_args = [[d.days.get(k, {}).get(c, 0) for k in keys] for c in DAY_COUNTERS]
+        float_cols = {"session_seconds", "sentiment_sum"}
+        unnest_cols = ", ".join(
+            f"${i + 4}::{'float8' if c in float_cols else 'int'}[]"
+            for i, c in enumerate(DAY_COUNTERS)
+        )
+        await pg.execute(
+            f"""INSERT INTO scoring_account_days AS t
+                  (account_id, day, active_users, {", ".join(DAY_COUNTERS)})
+                SELECT * FROM unnest($1::text[], $2::date[], $3::int[], {unnest_cols})
+                ON CONFLICT (account_id, day) DO UPDATE SET
+                  active_users = t.active_users + EXCLUDED.active_users,
+                  {", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in DAY_COUNTERS)}""",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [new_user_days.get(k, 0) for k in keys],
+            *[
+                [int(v) if c not in float_cols else float(v) for v in col]
+                for c, col in zip(DAY_COUNTERS, counter_args, strict=True)
+            ],
+        )
+
+    if d.feature_days:
+        fk = sorted(d.feature_days)
+        await pg.execute(
+            """INSERT INTO scoring_feature_days AS t (account_id, day, feature, uses)
+               SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::bigint[])
+               ON CONFLICT (account_id, day, feature) DO UPDATE
+               SET uses = t.uses + EXCLUDED.uses""",
+            [k[0] for k in fk],
+            [k[1] for k in fk],
+            [k[2] for k in fk],
+            [d.feature_days[k] for k in fk],
+        )
+
+    contacts = sorted(d.contacts_seen)
+    if contacts:
+        c_args: list[Any] = [[c[0] for c in contacts], [c[1] for c in contacts]]
+        c_unnest = ["$1::text[]", "$2::text[]"]
+        c_names = ["account_id", "contact_id"]
+        c_sets: list[str] = []
+        ctypes = {"role": "text", "name": "text", "email": "text", "left_company": "bool"}
+        for a in CONTACT_ATTRS:
+            c_held = [(d.contacts[c].values.get(a) if c in d.contacts else None) for c in contacts]
+            c_args += [
+                [_plain(h[1]) if h else None for h in c_held],
+                [h[0] if h else None for h in c_held],
+            ]
+            c_unnest += [f"${len(c_args) - 1}::{ctypes[a]}[]", f"${len(c_args)}::timestamptz[]"]
+            c_names += [a, f"{a}_as_of"]
+            wins = (
+                f"(EXCLUDED.{a}_as_of IS NOT NULL AND "
+                f"(t.{a}_as_of IS NULL OR EXCLUDED.{a}_as_of >= t.{a}_as_of))"
+            )
+            c_sets += [
+                f"{a} = CASE WHEN {wins} THEN EXCLUDED.{a} ELSE t.{a} END",
+                f"{a}_as_of = CASE WHEN {wins} THEN EXCLUDED.{a}_as_of ELSE t.{a}_as_of END",
+            ]
+        c_args += [
+            [bool(d.contacts[c].was_champion) if c in d.contacts else False for c in contacts],
+            [d.contacts[c].champion_day if c in d.contacts else None for c in contacts],
+        ]
+        c_unnest += [f"${len(c_args) - 1}::bool[]", f"${len(c_args)}::date[]"]
+        c_names += ["was_champion", "became_champion_day"]
+        role_wins = (
+            "(EXCLUDED.role_as_of IS NOT NULL AND "
+            "(t.role_as_of IS NULL OR EXCLUDED.role_as_of >= t.role_as_of))"
+        )
+        c_sets += [
+            "was_champion = t.was_champion OR EXCLUDED.was_champion",
+            f"""became_champion_day = CASE
+                  WHEN {role_wins} AND EXCLUDED.role = 'champion' THEN
+                    CASE WHEN t.role = 'champion'
+                         THEN LEAST(t.became_champion_day, EXCLUDED.became_champion_day)
+                         ELSE EXCLUDED.became_champion_day END
+                  WHEN {role_wins} THEN NULL
+                  ELSE t.became_champion_day END""",
+        ]
+        # COALESCE: a contact first seen through a communication has no left_company yet.
+        await pg.execute(
+            f"""INSERT INTO scoring_contacts AS t ({", ".join(c_names)})
+                SELECT account_id, contact_id, role, role_as_of, name, name_as_of, email,
+                       email_as_of, COALESCE(left_company, false), left_company_as_of,
+                       was_champion, became_champion_day
+                FROM unnest({", ".join(c_unnest)}) AS x({", ".join(c_names)})
+                ON CONFLICT (account_id, contact_id) DO UPDATE SET {", ".join(c_sets)}""",
+            *c_args,
+        )
+
+    if d.contact_days:
+        ck = sorted(d.contact_days)
+        await pg.execute(
+            """INSERT INTO scoring_contact_days AS t
+                 (account_id, day, contact_id, inbound, outbound)
+               SELECT * FROM unnest($1::text[], $2::date[], $3::text[], $4::int[], $5::int[])
+               ON CONFLICT (account_id, day, contact_id) DO UPDATE SET
+                 inbound = t.inbound + EXCLUDED.inbound,
+                 outbound = t.outbound + EXCLUDED.outbound""",
+            [k[0] for k in ck],
+            [k[1] for k in ck],
+            [k[2] for k in ck],
+            [d.contact_days[k][0] for k in ck],
+            [d.contact_days[k][1] for k in ck],
+        )
+
+
+# ---------------------------------------------------------------- window reads
+
+_AGGREGATES_SQL = """
+WITH a AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
+u AS (
+  SELECT account_id,
+    count(DISTINCT user_id) FILTER (WHERE day = $2::date) AS dau,
+    count(DISTINCT user_id) FILTER (WHERE day > $2::date - 7) AS wau,
+    count(DISTINCT user_id) FILTER (WHERE day > $2::date - 30) AS mau,
+    count(DISTINCT user_id) FILTER (WHERE day <= $2::date - 28) AS users_d34_d28
+  FROM scoring_user_days
+  WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 34 AND $2::date
+  GROUP BY account_id),
+d AS (
+  SELECT account_id,
+    sum(active_users) FILTER (WHERE day > $2::date - 30) AS user_days_30d,
+    sum(session_seconds) FILTER (WHERE day > $2::date - 30) AS session_seconds_30d,
+    sum(touchpoints) FILTER (WHERE day > $2::date - 30) AS touchpoints_30d,
+    sum(support_tickets) FILTER (WHERE day > $2::date - 30) AS support_tickets_30d,
+    sum(escalations) FILTER (WHERE day > $2::date - 30) AS escalations_30d,
+    sum(sentiment_sum) FILTER (WHERE day > $2::date - 30) AS sentiment_sum_30d,
+    sum(sentiment_count) FILTER (WHERE day > $2::date - 30) AS sentiment_count_30d,
+    sum(nps_promoters) AS nps_promoters_90d,
+    sum(nps_detractors) AS nps_detractors_90d,
+    sum(nps_responses) AS nps_responses_90d
+  FROM scoring_account_days
+  WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 89 AND $2::date
+  GROUP BY account_id),
+f AS (
+  SELECT account_id, count(DISTINCT feature) AS features_used_30d,
+    count(DISTINCT feature) FILTER (WHERE feature = ANY($3::text[])) AS key_features_used_30d
+  FROM scoring_feature_days
+  WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 29 AND $2::date
+  GROUP BY account_id),
+s AS (
+  SELECT cd.account_id, count(DISTINCT cd.contact_id) AS inbound_contacts_30d
+  FROM scoring_contact_days cd
+  JOIN scoring_contacts c ON c.account_id = cd.account_id AND c.contact_id = cd.contact_id
+  WHERE cd.account_id = ANY($1::text[]) AND cd.day BETWEEN $2::date - 29 AND $2::date
+    AND cd.inbound > 0 AND NOT c.left_company
+  GROUP BY cd.account_id),
+ch AS (
+  SELECT c.account_id,
+    array_agg(COALESCE(
+        (SELECT max(cd.day) FROM scoring_contact_days cd
+         WHERE cd.account_id = c.account_id AND cd.contact_id = c.contact_id
+           AND cd.day <= $2::date AND cd.inbound > 0),
+        c.became_champion_day))
+      FILTER (WHERE c.role = 'champion' AND NOT c.left_company) AS champion_reference_days,
+    bool_or(c.was_champion AND c.left_company) AS former_champion_left
+  FROM scoring_contacts c
+  WHERE c.account_id = ANY($1::text[]) AND (c.role = 'champion' OR c.was_champion)
+  GROUP BY c.account_id)
+SELECT a.account_id,
+  acc.name, acc.seats_purchased, acc.lifecycle_stage, acc.onboarding_completed_at, acc.csm,
+  acc.plan, acc.arr, acc.renewal_date,
+  u.dau, u.wau, u.mau, u.users_d34_d28, d.user_days_30d, d.session_seconds_30d,
+  d.touchpoints_30d, d.support_tickets_30d, d.escalations_30d, d.sentiment_sum_30d,
+  d.sentiment_count_30d, d.nps_promoters_90d, d.nps_detractors_90d, d.nps_responses_90d,
+  f.features_used_30d, f.key_features_used_30d, s.inbound_contacts_30d,
+  ch.champion_reference_days, ch.former_champion_left,
+  (SELECT max(x.day) FROM scoring_account_days x WHERE x.account_id = a.account_id
+     AND x.day <= $2::date AND x.product_events > 0) AS last_activity_day,
+  (SELECT max(x.day) FROM scoring_account_days x WHERE x.account_id = a.account_id
+     AND x.day <= $2::date AND x.inbound > 0) AS last_inbound_day,
+  (SELECT h.score FROM scoring_history h WHERE h.account_id = a.account_id
+     AND h.day = $2::date - 7) AS score_7d_ago,
+  sc.revision, sc.published_revision, sc.score AS prev_score, sc.band AS prev_band,
+  sc.kpis AS prev_kpis
+FROM a
+JOIN scoring_accounts acc ON acc.account_id = a.account_id
+LEFT JOIN u ON u.account_id = a.account_id
+LEFT JOIN d ON d.account_id = a.account_id
+LEFT JOIN f ON f.account_id = a.account_id
+LEFT JOIN s ON s.account_id = a.account_id
+LEFT JOIN ch ON ch.account_id = a.account_id
+LEFT JOIN scoring_scores sc ON sc.account_id = a.account_id
+"""
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """One account as read for an evaluation: window aggregates, attributes, last score."""
+
+    account_id: str
+    windows: WindowAggregates
+    name: str | None
+    lifecycle_stage: str | None
+    onboarding_completed_at: datetime | None
+    csm: str | None
+    score_7d_ago: float | None
+    revision: int | None
+    published_revision: int
+    prev_score: float | None
+    prev_band: str | None
+    prev_kpis: dict[str, KpiValue] | None
+
+
+def _i(v: Any) -> int:
+    return int(v or 0)
+
+
+async def load_states(
+    pg: Pg, account_ids: Sequence[str], as_of: date, key_features: Sequence[str]
+) -> list[AccountState]:
+    """Everything needed to evaluate ``account_ids`` as of ``as_of``: one query."""
+    if not account_ids:
+        return []
+    rows = await pg.fetch(_AGGREGATES_SQL, list(account_ids), as_of, list(key_features))
+    out = []
+    for r in rows:
+        refs = tuple(x for x in (r["champion_reference_days"] or []) if x is not None)
+        w = WindowAggregates(
+            as_of=as_of,
+            dau=_i(r["dau"]),
+            wau=_i(r["wau"]),
+            mau=_i(r["mau"]),
+            user_days_30d=_i(r["user_days_30d"]),
+            users_d34_d28=_i(r["users_d34_d28"]),
+            seats_purchased=r["seats_purchased"],
+            key_features_configured=len(set(key_features)),
+            key_features_used_30d=_i(r["key_features_used_30d"]),
+            features_used_30d=_i(r["features_used_30d"]),
+            session_seconds_30d=float(r["session_seconds_30d"] or 0.0),
+            last_activity_day=r["last_activity_day"],
+            inbound_contacts_30d=_i(r["inbound_contacts_30d"]),
+            touchpoints_30d=_i(r["touchpoints_30d"]),
+            last_inbound_day=r["last_inbound_day"],
+            champion_reference_days=refs,
+            former_champion_left=bool(r["former_champion_left"]),
+            nps_promoters_90d=_i(r["nps_promoters_90d"]),
+            nps_detractors_90d=_i(r["nps_detractors_90d"]),
+            nps_responses_90d=_i(r["nps_responses_90d"]),
+            sentiment_sum_30d=float(r["sentiment_sum_30d"] or 0.0),
+            sentiment_count_30d=_i(r["sentiment_count_30d"]),
+            support_tickets_30d=_i(r["support_tickets_30d"]),
+            escalations_30d=_i(r["escalations_30d"]),
+        )
+        out.append(
+            AccountState(
+                account_id=r["account_id"],
+                windows=w,
+                name=r["name"],
+                lifecycle_stage=r["lifecycle_stage"],
+                onboarding_completed_at=r["onboarding_completed_at"],
+                csm=r["csm"],
+                score_7d_ago=r["score_7d_ago"],
+                revision=r["revision"],
+                published_revision=_i(r["published_revision"]),
+                prev_score=r["prev_score"],
+                prev_band=r["prev_band"],
+                prev_kpis=r["prev_kpis"],
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------- score writes
+
+_MEASURE_FIELDS = ("kpi", "group", "points", "weight", "contribution", "left_on_table")
+
+
+def pack_measures(measures: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Stored form of an explanation: one array per measure, without the KPI value
+    (it is in ``kpis``). Keeps score and history rows small (under the TOAST
+    threshold), which matters: they are written for every evaluation."""
+    return [[m[f] for f in _MEASURE_FIELDS] for m in measures]
+
+
+def unpack_measures(packed: Sequence[Sequence[Any]], kpis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The explanation as the API shows it (:class:`shared.health.MeasureResult` fields)."""
+    out = []
+    for row in packed:
+        m = dict(zip(_MEASURE_FIELDS, row, strict=True))
+        m["value"] = kpis.get(m["kpi"])
+        out.append(m)
+    return out
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    account_id: str
+    as_of: date
+    evaluated_at: datetime
+    trigger: str
+    score: float | None
+    band: str | None
+    score_delta_7d: float | None
+    coverage: float
+    model_version: str
+    in_grace_period: bool
+    kpis: dict[str, KpiValue]
+    measures: list[dict[str, Any]]
+    revision: int
+
+
+async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True) -> None:
+    """Upsert the daily history rows and (``current``) the current score rows (whose
+    ``evaluated_at`` / ``as_of`` tell the sweeper when each account was last evaluated)."""
+    if not rows:
+        return
+    cols = [
+        [r.account_id for r in rows],
+        [r.as_of for r in rows],
+        [r.evaluated_at for r in rows],
+        [r.score for r in rows],
+        [r.band for r in rows],
+        [r.coverage for r in rows],
+        [r.model_version for r in rows],
+        [r.in_grace_period for r in rows],
+        [orjson.dumps(r.kpis).decode() for r in rows],
+        [orjson.dumps(pack_measures(r.measures)).decode() for r in rows],
+    ]
+    await pg.execute(
+        """INSERT INTO scoring_history AS t (account_id, day, evaluated_at, score, band,
+             coverage, model_version, in_grace_period, kpis, measures)
+           SELECT a, d, e, s, b, c, m, g, k::json, ms::json
+           FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
+                       $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[])
+                AS x(a, d, e, s, b, c, m, g, k, ms)
+           ON CONFLICT (account_id, day) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at,
+             score = EXCLUDED.score, band = EXCLUDED.band, coverage = EXCLUDED.coverage,
+             model_version = EXCLUDED.model_version, in_grace_period = EXCLUDED.in_grace_period,
+             kpis = EXCLUDED.kpis, measures = EXCLUDED.measures""",
+        *cols,
+    )
+    if not current:
+        return
+    await pg.execute(
+        """INSERT INTO scoring_scores AS t (account_id, as_of, evaluated_at, score, band,
+             coverage, model_version, in_grace_period, kpis, measures, trigger,
+             score_delta_7d, revision)
+           SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv
+           FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
+                       $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[],
+                       $11::text[], $12::float8[], $13::bigint[])
+                AS x(a, d, e, s, b, c, m, g, k, ms, tr, sd, rv)
+           ON CONFLICT (account_id) DO UPDATE SET as_of = EXCLUDED.as_of,
+             evaluated_at = EXCLUDED.evaluated_at, score = EXCLUDED.score, band = EXCLUDED.band,
+             coverage = EXCLUDED.coverage, model_version = EXCLUDED.model_version,
+             in_grace_period = EXCLUDED.in_grace_period, kpis = EXCLUDED.kpis,
+             measures = EXCLUDED.measures, trigger = EXCLUDED.trigger,
+             score_delta_7d = EXCLUDED.score_delta_7d, revision = EXCLUDED.revision""",
+        *cols,
+        [r.trigger for r in rows],
+        [r.score_delta_7d for r in rows],
+        [r.revision for r in rows],
+    )
+
+
+async def mark_published(pg: Pg, revisions: dict[str, int]) -> None:
+    if not revisions:
+        return
+    await pg.execute(
+        """UPDATE scoring_scores AS t SET published_revision = GREATEST(t.published_revision, x.r)
+           FROM unnest($1::text[], $2::bigint[]) AS x(a, r) WHERE t.account_id = x.a""",
+        list(revisions),
+        list(revisions.values()),
+    )
+
+
+async def stale_accounts(pg: Pg, *, today: date, stale_before: datetime, limit: int) -> list[str]:
+    """Lock and return accounts due for a time-driven evaluation (SKIP LOCKED: a
+    second scoring process, or the consumer holding an account, is skipped)."""
+    rows = await pg.fetch(
+        """SELECT a.account_id FROM scoring_accounts a
+           LEFT JOIN scoring_scores s ON s.account_id = a.account_id
+           WHERE a.last_event_day > $1::date - 400
+             AND (s.account_id IS NULL OR s.evaluated_at < $2 OR s.as_of < $1::date)
+           ORDER BY s.evaluated_at NULLS FIRST
+           LIMIT $3 FOR UPDATE OF a SKIP LOCKED""",
+        today,
+        stale_before,
+        limit,
+    )
+    return [r[0] for r in rows]
+
+
+async def unpublished_accounts(pg: Pg, older_than: datetime, limit: int) -> list[str]:
+    """Accounts whose latest snapshot was committed but never published (a crash or
+    a broker failure between commit and publish): locked, for republishing."""
+    rows = await pg.fetch(
+        """SELECT s.account_id FROM scoring_scores s
+           JOIN scoring_accounts a ON a.account_id = s.account_id
+           WHERE s.published_revision < s.revision AND s.evaluated_at < $1
+           LIMIT $2 FOR UPDATE OF a SKIP LOCKED""",
+        older_than,
+        limit,
+    )
+    return [r[0] for r in rows]
+
+
+async def accounts_active_on(pg: Pg, day: date, after: str, limit: int) -> list[str]:
+    """Accounts that existed on ``day`` (first event on or before it) and had activity
+    in the 400 days before it, in key order after ``after`` (paging)."""
+    rows = await pg.fetch(
+        """SELECT account_id FROM scoring_accounts
+           WHERE first_event_day <= $1::date AND last_event_day > $1::date - 400
+             AND account_id > $2
+           ORDER BY account_id LIMIT $3""",
+        day,
+        after,
+        limit,
+    )
+    return [r[0] for r in rows]
+
+
+async def mark_for_reevaluation(pg: Pg) -> None:
+    """Make every account stale, so the sweeper re-evaluates (and republishes) it."""
+    await pg.execute("UPDATE scoring_scores SET evaluated_at = '-infinity'")
+
+
+def days_back(today: date, n: int) -> list[date]:
+    return [today - timedelta(days=i) for i in range(n - 1, -1, -1)]
