@@ -1,0 +1,358 @@
+"""Webhook delivery: workers claim due outbox rows, POST them signed, record every
+attempt and decide what happens next (delivered, retry later, failed, disabled).
+
+Claiming: ``SELECT … FOR UPDATE SKIP LOCKED`` inside a short transaction that
+pushes ``next_attempt_at`` forward by a lease (the attempt timeout plus a margin),
+so several alerts processes never send the same row at once, and a row whose
+sender died (kill -9) becomes due again when the lease runs out. The HTTP request
+runs outside any transaction.
+
+SSRF guard (choice): a custom httpx transport, :class:`GuardedTransport`, resolves
+the host itself, checks every address (``ssrf.check_addresses``) and then connects
+to the checked IP, keeping the ``Host`` header and the TLS server name (SNI and
+certificate check) of the original host. A DNS answer that changes between check
+and connect therefore cannot redirect the request. Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.alerts import metrics, signing, store
+from services.alerts.retry import RetryPolicy, parse_retry_after
+from services.alerts.settings import AlertsSettings
+from services.alerts.ssrf import AllowList, SsrfRefused, check_addresses
+from services.alerts.subscriptions import active_secrets
+from services.alerts.tables import deliveries, delivery_attempts, subscriptions
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Healthscore-Webhooks/1.0"
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out: list[str] = []
+    for info in infos:
+        addr = str(info[4][0])
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """Resolves, checks and connects to a checked address (see the module docstring)."""
+
+    def __init__(
+        self,
+        allow: AllowList,
+        inner: httpx.AsyncBaseTransport | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.allow = allow
+        self.inner = inner or httpx.AsyncHTTPTransport(retries=0)
+        self.resolver = resolver
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        try:
+            addresses = await self.resolver(host, port)
+        except OSError as exc:
+            raise httpx.ConnectError(f"cannot resolve {host}: {exc}", request=request) from exc
+        ips = check_addresses(host, addresses, self.allow)
+        request.url = request.url.copy_with(host=str(ips[0]))
+        if request.url.scheme == "https":
+            request.extensions = {**request.extensions, "sni_hostname": host}
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def make_client(
+    settings: AlertsSettings, resolver: Resolver = system_resolver
+) -> httpx.AsyncClient:
+    """The one shared client: explicit timeout, no redirects, no proxies from env."""
+    return httpx.AsyncClient(
+        transport=GuardedTransport(settings.allowlist, resolver=resolver),
+        timeout=httpx.Timeout(settings.webhook_timeout),
+        follow_redirects=False,
+        trust_env=False,
+        headers={"user-agent": USER_AGENT},
+    )
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    status_code: int | None
+    error: str | None
+    duration: float
+    retry_after: float | None = None
+
+    @property
+    def outcome(self) -> str:
+        """delivered | gone | refused | failed (retryable)."""
+        if self.status_code is not None and 200 <= self.status_code < 300:
+            return "delivered"
+        if self.status_code == 410:
+            return "gone"
+        if self.error and self.error.startswith("refused:"):
+            return "refused"
+        return "failed"
+
+
+async def attempt(
+    client: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    msg_id: str,
+    secrets_: list[str] | None,
+) -> AttemptResult:
+    """One POST. ``secrets_`` None: unsigned (Slack format). Never raises for
+    network problems: they are the result."""
+    ts = int(time.time())
+    headers = {"content-type": "application/json"}
+    if secrets_ is not None:
+        headers |= signing.headers(secrets_, msg_id, ts, body)
+    started = time.perf_counter()
+    try:
+        resp = await client.post(url, content=body, headers=headers)
+    except SsrfRefused as exc:
+        return AttemptResult(None, f"refused: {exc}", time.perf_counter() - started)
+    except httpx.TimeoutException as exc:
+        return AttemptResult(None, f"timeout: {type(exc).__name__}", time.perf_counter() - started)
+    except (httpx.HTTPError, OSError) as exc:
+        return AttemptResult(
+            None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started
+        )
+    duration = time.perf_counter() - started
+    metrics.ATTEMPT_DURATION.observe(duration)
+    error = None
+    if not 200 <= resp.status_code < 300:
+        error = f"HTTP {resp.status_code}"
+        if 300 <= resp.status_code < 400:
+            error += f" (redirect to {resp.headers.get('location', '?')} not followed)"
+    retry_after = parse_retry_after(resp.headers.get("retry-after"), datetime.now(UTC))
+    return AttemptResult(resp.status_code, error, duration, retry_after)
+
+
+class DeliveryWorker:
+    """Claims due outbox rows and delivers them, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        settings: AlertsSettings,
+        engine: AsyncEngine,
+        client: httpx.AsyncClient,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.client = client
+        self.policy: RetryPolicy = settings.retry_policy
+        self.wake = wake or asyncio.Event()
+        self.lease = timedelta(seconds=settings.webhook_timeout + 15)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; in-flight attempts finish first."""
+        in_flight: set[asyncio.Task[None]] = set()
+        sem = asyncio.Semaphore(self.settings.delivery_concurrency)
+        last_gauge = 0.0
+        while not stop.is_set():
+            self.wake.clear()
+            free = self.settings.delivery_concurrency - len(in_flight)
+            claimed = await self.claim(free) if free > 0 else []
+            for row in claimed:
+                await sem.acquire()
+                task = asyncio.create_task(self._deliver_guarded(row, sem))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if time.monotonic() - last_gauge > 5:
+                last_gauge = time.monotonic()
+                with contextlib.suppress(Exception):
+                    async with self.engine.connect() as conn:
+                        metrics.OUTBOX_PENDING.set(await store.pending_count(conn))
+            if len(claimed) >= free > 0:
+                await asyncio.sleep(0)  # more may be due right away
+                continue
+            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(
+                waiters, timeout=self.settings.delivery_poll_interval, return_when="FIRST_COMPLETED"
+            )
+            for w in waiters:
+                w.cancel()
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=self.settings.webhook_timeout + 5)
+
+    async def _deliver_guarded(self, row: dict[str, Any], sem: asyncio.Semaphore) -> None:
+        try:
+            await self.deliver(row)
+        except Exception:
+            log.exception("delivery bookkeeping failed", extra={"delivery_id": row["id"]})
+        finally:
+            sem.release()
+
+    async def claim(self, limit: int) -> list[dict[str, Any]]:
+        """Due rows (with their subscription), leased to this worker."""
+        async with self.engine.begin() as conn:
+            rows = (
+                (
+                    await conn.execute(
+                        text(
+                            """
+                            UPDATE webhook_deliveries d
+                               SET next_attempt_at = now() + make_interval(secs => :lease)
+                              FROM (SELECT id FROM webhook_deliveries
+                                     WHERE status = 'pending' AND next_attempt_at <= now()
+                                     ORDER BY next_attempt_at
+                                     LIMIT :limit
+                                     FOR UPDATE SKIP LOCKED) due,
+                                   webhook_subscriptions s
+                             WHERE d.id = due.id AND s.id = d.subscription_id
+                         RETURNING d.id, d.subscription_id, d.payload, d.attempts, d.created_at,
+                                   s.url, s.format, s.enabled, s.secret, s.previous_secret,
+                                   s.previous_secret_expires_at
+                            """
+                        ),
+                        {"lease": self.lease.total_seconds(), "limit": limit},
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            # Rows whose subscription was deleted can never be sent.
+            await conn.execute(
+                text(
+                    "UPDATE webhook_deliveries SET status = 'disabled', "
+                    "last_error = 'subscription deleted' WHERE status = 'pending' AND "
+                    "subscription_id NOT IN (SELECT id FROM webhook_subscriptions)"
+                )
+            )
+        return [dict(r) for r in rows]
+
+    async def deliver(self, row: dict[str, Any]) -> AttemptResult | None:
+        now = datetime.now(UTC)
+        if not row["enabled"]:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id == row["id"])
+                    .values(status="disabled", last_error="subscription disabled")
+                )
+            return None
+        secrets_ = (
+            None
+            if row["format"] == "slack"
+            else active_secrets(
+                row["secret"], row["previous_secret"], row["previous_secret_expires_at"], now
+            )
+        )
+        result = await attempt(self.client, row["url"], bytes(row["payload"]), row["id"], secrets_)
+        await self.record(row, result)
+        return result
+
+    async def record(self, row: dict[str, Any], result: AttemptResult) -> None:
+        """Store the attempt and the delivery's next state in one transaction."""
+        number = row["attempts"] + 1
+        now = datetime.now(UTC)
+        outcome = result.outcome
+        values: dict[str, Any] = {"attempts": number, "last_error": result.error}
+        if outcome == "delivered":
+            values |= {"status": "delivered", "delivered_at": now}
+        elif outcome == "gone":
+            values |= {"status": "disabled"}
+        elif outcome == "refused":
+            values |= {"status": "failed"}
+        else:
+            delay = self.policy.next_delay(number, result.retry_after)
+            if delay is None:
+                values |= {"status": "failed"}
+                outcome = "failed"
+            else:
+                values |= {"next_attempt_at": now + timedelta(seconds=delay)}
+                outcome = "failed_retrying"
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delivery_attempts.insert().values(
+                    delivery_id=row["id"],
+                    attempt=number,
+                    attempted_at=now,
+                    status_code=result.status_code,
+                    error=result.error,
+                    duration_seconds=result.duration,
+                )
+            )
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == row["id"], deliveries.c.status == "pending")
+                .values(**values)
+            )
+            if outcome == "gone":
+                await conn.execute(
+                    update(subscriptions)
+                    .where(subscriptions.c.id == row["subscription_id"])
+                    .values(
+                        enabled=False,
+                        disabled_reason=f"410 Gone from the receiver at {now.isoformat()}",
+                        updated_at=now,
+                    )
+                )
+                await conn.execute(
+                    update(deliveries)
+                    .where(
+                        deliveries.c.subscription_id == row["subscription_id"],
+                        deliveries.c.status == "pending",
+                    )
+                    .values(status="disabled", last_error="subscription disabled (410 Gone)")
+                )
+        metrics.DELIVERIES.labels(outcome).inc()
+        if outcome == "delivered":
+            metrics.ALERT_TO_DELIVERY.observe((now - row["created_at"]).total_seconds())
+        if outcome != "delivered":
+            log.info(
+                "webhook attempt failed",
+                extra={
+                    "delivery_id": row["id"],
+                    "attempt": number,
+                    "outcome": outcome,
+                    "error": result.error,
+                },
+            )
+
+
+async def load_delivery_row(engine: AsyncEngine, delivery_id: str) -> dict[str, Any] | None:
+    """A delivery joined with its subscription (the row shape ``DeliveryWorker.deliver`` takes)."""
+    q = (
+        select(
+            deliveries.c.id,
+            deliveries.c.subscription_id,
+            deliveries.c.payload,
+            deliveries.c.attempts,
+            deliveries.c.created_at,
+            subscriptions.c.url,
+            subscriptions.c.format,
+            subscriptions.c.enabled,
+            subscriptions.c.secret,
+            subscriptions.c.previous_secret,
+            subscriptions.c.previous_secret_expires_at,
+        )
+        .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
+        .where(deliveries.c.id == delivery_id)
+    )
+    async with engine.connect() as conn:
+        row = (await conn.execute(q)).mappings().first()
+    return dict(row) if row else None
