@@ -141,15 +141,16 @@ def _check_url(url: str) -> str:
     return url
 
 
+def _all_event_types() -> list[EventType]:
+    return ["alert.fired", "alert.resolved", "score.band_changed"]
+
+
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2000)
     description: str | None = Field(default=None, max_length=500)
-    event_types: list[EventType] = Field(
-        default_factory=lambda: ["alert.fired", "alert.resolved", "score.band_changed"],
-        min_length=1,
-    )
+    event_types: list[EventType] = Field(default_factory=_all_event_types, min_length=1)
     filters: Filters = Field(default_factory=Filters)
     format: Literal["standard", "slack"] = "standard"
     enabled: bool = True
