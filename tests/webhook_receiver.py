@@ -1,6 +1,6 @@
 """A tiny real HTTP/1.1 receiver for webhook tests and the alerts benchmark (aiohttp
 is not installed). Runs on the caller's event loop, on 127.0.0.1 and a free port;
-each request gets ``Connection: close``. ``behaviour(n, request)`` decides the answer
+connections are kept alive. ``behaviour(n, request)`` decides the answer
 to the n-th request (1-based)."""
 
 from __future__ import annotations
@@ -78,31 +78,37 @@ class Receiver:
         return self.requests
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """HTTP/1.1 with keep-alive, as real receivers do."""
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, path, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    headers[k.strip().lower()] = v.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            req = Received(method, path, headers, body, time.time())
-            self.requests.append(req)
-            self._arrived.set()
-            answer = self.behaviour(len(self.requests), req)
-            if answer.delay:
-                await asyncio.sleep(answer.delay)
-            extra = "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items())
-            writer.write(
-                f"HTTP/1.1 {answer.status} X\r\ncontent-length: 0\r\nconnection: close\r\n"
-                f"{extra}\r\n".encode()
-            )
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        k, v = line.split(":", 1)
+                        headers[k.strip().lower()] = v.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                req = Received(method, path, headers, body, time.time())
+                self.requests.append(req)
+                self._arrived.set()
+                answer = self.behaviour(len(self.requests), req)
+                if answer.delay:
+                    await asyncio.sleep(answer.delay)
+                extra = "".join(f"{k}: {v}\r\n" for k, v in answer.headers.items())
+                writer.write(
+                    f"HTTP/1.1 {answer.status} X\r\ncontent-length: 0\r\n{extra}\r\n".encode()
+                )
+                await writer.drain()
+        except (
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
             pass
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()

@@ -171,7 +171,8 @@ async def apply_snapshots(
         if original.get((a, r)) != st
     ]
     if changed:
-        stmt = insert(alert_state).values(changed)
+        # executemany (not one multi-VALUES statement): compiled once and cached.
+        stmt = insert(alert_state)
         await conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["account_id", "rule_id"],
@@ -179,10 +180,11 @@ async def apply_snapshots(
                     c: stmt.excluded[c]
                     for c in ("consecutive", "open_alert_id", "fired_at", "resolved_at")
                 },
-            )
+            ),
+            changed,
         )
     if new_alerts:
-        await conn.execute(insert(alerts).values(new_alerts))
+        await conn.execute(insert(alerts), new_alerts)
     for event, _snap in resolved:
         await conn.execute(
             update(alerts)
@@ -190,23 +192,27 @@ async def apply_snapshots(
             .values(status="resolved", resolved_at=event.at, resolved_value=event.value)
         )
     if outbox:
-        await conn.execute(insert(deliveries).values(outbox))
+        await conn.execute(insert(deliveries), outbox)
         result.outbox_rows = len(outbox)
-    seen = insert(accounts_seen).values(
-        [
-            {"account_id": a, "last_revision": last_rev[a], "last_band": last_band.get(a)}
-            for a in fresh_accounts
-        ]
-    )
+    seen = insert(accounts_seen)
     await conn.execute(
         seen.on_conflict_do_update(
             index_elements=["account_id"],
             set_={
                 "last_revision": seen.excluded.last_revision,
                 "last_band": seen.excluded.last_band,
-                "updated_at": now,
+                "updated_at": seen.excluded.updated_at,
             },
-        )
+        ),
+        [
+            {
+                "account_id": a,
+                "last_revision": last_rev[a],
+                "last_band": last_band.get(a),
+                "updated_at": now,
+            }
+            for a in fresh_accounts
+        ],
     )
     return result
 
@@ -255,16 +261,15 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def _store_offsets(conn: AsyncConnection, offsets: dict[TopicPartition, int]) -> None:
-    stmt = insert(consumer_offsets).values(
-        [
-            {"topic": tp.topic, "partition": tp.partition, "next_offset": o}
-            for tp, o in offsets.items()
-        ]
-    )
+    stmt = insert(consumer_offsets)
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["topic", "partition"], set_={"next_offset": stmt.excluded.next_offset}
-        )
+        ),
+        [
+            {"topic": tp.topic, "partition": tp.partition, "next_offset": o}
+            for tp, o in offsets.items()
+        ],
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import time
@@ -27,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alerts import metrics, signing, store
@@ -70,7 +71,12 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         host = request.url.host
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
         try:
-            addresses = await self.resolver(host, port)
+            ipaddress.ip_address(host)
+            addresses = [host]  # an IP literal needs no resolution
+        except ValueError:
+            addresses = []
+        try:
+            addresses = addresses or await self.resolver(host, port)
         except OSError as exc:
             raise httpx.ConnectError(f"cannot resolve {host}: {exc}", request=request) from exc
         ips = check_addresses(host, addresses, self.allow)
@@ -151,7 +157,10 @@ async def attempt(
 
 
 class DeliveryWorker:
-    """Claims due outbox rows and delivers them, ``concurrency`` at a time."""
+    """Claims due outbox rows in batches and delivers them; at most ``concurrency``
+    attempts in flight. Each claimed batch is sent concurrently and its outcomes are
+    written in one transaction; a new batch is claimed while older ones are still
+    in flight, so one slow receiver does not hold up the others."""
 
     def __init__(
         self,
@@ -166,45 +175,52 @@ class DeliveryWorker:
         self.policy: RetryPolicy = settings.retry_policy
         self.wake = wake or asyncio.Event()
         self.lease = timedelta(seconds=settings.webhook_timeout + 15)
+        self.in_flight = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; in-flight attempts finish first."""
-        in_flight: set[asyncio.Task[None]] = set()
-        sem = asyncio.Semaphore(self.settings.delivery_concurrency)
+        batches: set[asyncio.Task[None]] = set()
         last_gauge = 0.0
         while not stop.is_set():
             self.wake.clear()
-            free = self.settings.delivery_concurrency - len(in_flight)
+            free = self.settings.delivery_concurrency - self.in_flight
             claimed = await self.claim(free) if free > 0 else []
-            for row in claimed:
-                await sem.acquire()
-                task = asyncio.create_task(self._deliver_guarded(row, sem))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
+            if claimed:
+                self.in_flight += len(claimed)
+                task = asyncio.create_task(self._send_batch(claimed))
+                batches.add(task)
+                task.add_done_callback(batches.discard)
             if time.monotonic() - last_gauge > 5:
                 last_gauge = time.monotonic()
                 with contextlib.suppress(Exception):
                     async with self.engine.connect() as conn:
                         metrics.OUTBOX_PENDING.set(await store.pending_count(conn))
-            if len(claimed) >= free > 0:
-                await asyncio.sleep(0)  # more may be due right away
+            if claimed and len(claimed) >= free:
+                await asyncio.sleep(0.01)  # full: let some finish, then claim more
                 continue
-            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+            waiters: list[asyncio.Future[Any]] = [
+                asyncio.ensure_future(self.wake.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            if batches:
+                waiters.append(asyncio.ensure_future(asyncio.wait(set(batches))))
             await asyncio.wait(
                 waiters, timeout=self.settings.delivery_poll_interval, return_when="FIRST_COMPLETED"
             )
             for w in waiters:
                 w.cancel()
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=self.settings.webhook_timeout + 5)
+        if batches:
+            await asyncio.wait(batches, timeout=self.settings.webhook_timeout + 5)
 
-    async def _deliver_guarded(self, row: dict[str, Any], sem: asyncio.Semaphore) -> None:
+    async def _send_batch(self, rows: list[dict[str, Any]]) -> None:
         try:
-            await self.deliver(row)
+            results = await asyncio.gather(*(self._attempt(r) for r in rows))
+            done = [(r, x) for r, x in zip(rows, results, strict=True) if x is not None]
+            await self.record(done)
         except Exception:
-            log.exception("delivery bookkeeping failed", extra={"delivery_id": row["id"]})
+            log.exception("delivery bookkeeping failed", extra={"count": len(rows)})
         finally:
-            sem.release()
+            self.in_flight -= len(rows)
 
     async def claim(self, limit: int) -> list[dict[str, Any]]:
         """Due rows (with their subscription), leased to this worker."""
@@ -234,26 +250,19 @@ class DeliveryWorker:
                 .mappings()
                 .all()
             )
-            # Rows whose subscription was deleted can never be sent.
-            await conn.execute(
-                text(
-                    "UPDATE webhook_deliveries SET status = 'disabled', "
-                    "last_error = 'subscription deleted' WHERE status = 'pending' AND "
-                    "subscription_id NOT IN (SELECT id FROM webhook_subscriptions)"
-                )
-            )
         return [dict(r) for r in rows]
 
-    async def deliver(self, row: dict[str, Any]) -> AttemptResult | None:
-        now = datetime.now(UTC)
+    async def _attempt(self, row: dict[str, Any]) -> AttemptResult | None:
+        """One attempt, or None (after marking the row) when its subscription is disabled."""
         if not row["enabled"]:
             async with self.engine.begin() as conn:
                 await conn.execute(
                     update(deliveries)
-                    .where(deliveries.c.id == row["id"])
+                    .where(deliveries.c.id == row["id"], deliveries.c.status == "pending")
                     .values(status="disabled", last_error="subscription disabled")
                 )
             return None
+        now = datetime.now(UTC)
         secrets_ = (
             None
             if row["format"] == "slack"
@@ -261,50 +270,79 @@ class DeliveryWorker:
                 row["secret"], row["previous_secret"], row["previous_secret_expires_at"], now
             )
         )
-        result = await attempt(self.client, row["url"], bytes(row["payload"]), row["id"], secrets_)
-        await self.record(row, result)
+        return await attempt(self.client, row["url"], bytes(row["payload"]), row["id"], secrets_)
+
+    async def deliver(self, row: dict[str, Any]) -> AttemptResult | None:
+        """Attempt one row now and record the outcome (the test endpoint uses it)."""
+        result = await self._attempt(row)
+        if result is not None:
+            await self.record([(row, result)])
         return result
 
-    async def record(self, row: dict[str, Any], result: AttemptResult) -> None:
-        """Store the attempt and the delivery's next state in one transaction."""
-        number = row["attempts"] + 1
+    async def record(self, done: list[tuple[dict[str, Any], AttemptResult]]) -> None:
+        """Store the attempts and the deliveries' next states in one transaction."""
+        if not done:
+            return
         now = datetime.now(UTC)
-        outcome = result.outcome
-        values: dict[str, Any] = {"attempts": number, "last_error": result.error}
-        if outcome == "delivered":
-            values |= {"status": "delivered", "delivered_at": now}
-        elif outcome == "gone":
-            values |= {"status": "disabled"}
-        elif outcome == "refused":
-            values |= {"status": "failed"}
-        else:
-            delay = self.policy.next_delay(number, result.retry_after)
-            if delay is None:
-                values |= {"status": "failed"}
-                outcome = "failed"
+        attempts_rows = []
+        updates = []
+        gone: set[str] = set()
+        outcomes = []
+        for row, result in done:
+            number = row["attempts"] + 1
+            outcome = result.outcome
+            values: dict[str, Any] = {
+                "b_id": row["id"],
+                "b_attempts": number,
+                "b_last_error": result.error,
+                "b_status": "pending",
+                "b_delivered_at": None,
+                "b_next_attempt_at": now,
+            }
+            if outcome == "delivered":
+                values |= {"b_status": "delivered", "b_delivered_at": now}
+            elif outcome == "gone":
+                values["b_status"] = "disabled"
+                gone.add(row["subscription_id"])
+            elif outcome == "refused":
+                values["b_status"] = "failed"
             else:
-                values |= {"next_attempt_at": now + timedelta(seconds=delay)}
-                outcome = "failed_retrying"
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                delivery_attempts.insert().values(
-                    delivery_id=row["id"],
-                    attempt=number,
-                    attempted_at=now,
-                    status_code=result.status_code,
-                    error=result.error,
-                    duration_seconds=result.duration,
-                )
+                delay = self.policy.next_delay(number, result.retry_after)
+                if delay is None:
+                    values["b_status"] = "failed"
+                else:
+                    values["b_next_attempt_at"] = now + timedelta(seconds=delay)
+                    outcome = "failed_retrying"
+            updates.append(values)
+            outcomes.append((row, number, outcome, result))
+            attempts_rows.append(
+                {
+                    "delivery_id": row["id"],
+                    "attempt": number,
+                    "attempted_at": now,
+                    "status_code": result.status_code,
+                    "error": result.error,
+                    "duration_seconds": result.duration,
+                }
             )
+        async with self.engine.begin() as conn:
+            await conn.execute(delivery_attempts.insert(), attempts_rows)
             await conn.execute(
                 update(deliveries)
-                .where(deliveries.c.id == row["id"], deliveries.c.status == "pending")
-                .values(**values)
+                .where(deliveries.c.id == bindparam("b_id"), deliveries.c.status == "pending")
+                .values(
+                    attempts=bindparam("b_attempts"),
+                    last_error=bindparam("b_last_error"),
+                    status=bindparam("b_status"),
+                    delivered_at=bindparam("b_delivered_at"),
+                    next_attempt_at=bindparam("b_next_attempt_at"),
+                ),
+                updates,
             )
-            if outcome == "gone":
+            for sub_id in gone:
                 await conn.execute(
                     update(subscriptions)
-                    .where(subscriptions.c.id == row["subscription_id"])
+                    .where(subscriptions.c.id == sub_id)
                     .values(
                         enabled=False,
                         disabled_reason=f"410 Gone from the receiver at {now.isoformat()}",
@@ -313,25 +351,23 @@ class DeliveryWorker:
                 )
                 await conn.execute(
                     update(deliveries)
-                    .where(
-                        deliveries.c.subscription_id == row["subscription_id"],
-                        deliveries.c.status == "pending",
-                    )
+                    .where(deliveries.c.subscription_id == sub_id, deliveries.c.status == "pending")
                     .values(status="disabled", last_error="subscription disabled (410 Gone)")
                 )
-        metrics.DELIVERIES.labels(outcome).inc()
-        if outcome == "delivered":
-            metrics.ALERT_TO_DELIVERY.observe((now - row["created_at"]).total_seconds())
-        if outcome != "delivered":
-            log.info(
-                "webhook attempt failed",
-                extra={
-                    "delivery_id": row["id"],
-                    "attempt": number,
-                    "outcome": outcome,
-                    "error": result.error,
-                },
-            )
+        for row, number, outcome, result in outcomes:
+            metrics.DELIVERIES.labels(outcome).inc()
+            if outcome == "delivered":
+                metrics.ALERT_TO_DELIVERY.observe((now - row["created_at"]).total_seconds())
+            else:
+                log.info(
+                    "webhook attempt failed",
+                    extra={
+                        "delivery_id": row["id"],
+                        "attempt": number,
+                        "outcome": outcome,
+                        "error": result.error,
+                    },
+                )
 
 
 async def load_delivery_row(engine: AsyncEngine, delivery_id: str) -> dict[str, Any] | None:
