@@ -140,11 +140,13 @@ async def attempt(
     except SsrfRefused as exc:
         return AttemptResult(None, f"refused: {exc}", time.perf_counter() - started)
     except httpx.TimeoutException as exc:
-        return AttemptResult(None, f"timeout: {type(exc).__name__}", time.perf_counter() - started)
+        duration = time.perf_counter() - started
+        metrics.ATTEMPT_DURATION.observe(duration)
+        return AttemptResult(None, f"timeout: {type(exc).__name__}", duration)
     except (httpx.HTTPError, OSError) as exc:
-        return AttemptResult(
-            None, f"{type(exc).__name__}: {exc}"[:500], time.perf_counter() - started
-        )
+        duration = time.perf_counter() - started
+        metrics.ATTEMPT_DURATION.observe(duration)
+        return AttemptResult(None, f"{type(exc).__name__}: {exc}"[:500], duration)
     duration = time.perf_counter() - started
     metrics.ATTEMPT_DURATION.observe(duration)
     error = None

@@ -190,6 +190,8 @@ async def test_default_rules_and_band_change_through_the_broker(
 ) -> None:
     acct = account()
     await subscribe(alerts.url, receiver.url, acct, format="slack")
+    # a corrupt message on the topic is skipped; the consumer keeps going
+    await producer.send_and_wait(topic(alerts_env), b"not json", key=acct.encode())
     await publish(
         producer,
         topic(alerts_env),
@@ -202,6 +204,15 @@ async def test_default_rules_and_band_change_through_the_broker(
     assert any("Health band became red" in t for t in texts)
     assert any("yellow → red" in t for t in texts)
     assert all("webhook-signature" not in x.headers for x in receiver.requests)  # Slack: unsigned
+
+    async def metrics_text() -> str | None:
+        text = (await api("GET", alerts.url, "/metrics")).text
+        return text if 'healthscore_webhook_deliveries_total{outcome="delivered"}' in text else None
+
+    metrics = await wait_until(metrics_text)
+    assert 'healthscore_alerts_total{rule="negative-nps",transition="fired"}' in metrics
+    assert "healthscore_alert_to_delivery_seconds_bucket" in metrics
+    assert "healthscore_webhook_outbox_pending" in metrics
 
 
 async def test_failing_receiver_gets_the_same_webhook_id_until_it_succeeds(
