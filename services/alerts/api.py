@@ -363,8 +363,9 @@ async def test_webhook(webhook_id: str, request: Request) -> dict[str, Any]:
     if sub.format == "slack":
         body = orjson.dumps({"text": "Test message from Healthscore"})
     row = store.outbox_row(webhook_id, "webhook.test", body, None, now)
-    # A test is one attempt: failed if it does not succeed, never retried.
-    row["status"] = "pending"
+    # A test is one attempt, made here: failed if it does not succeed, never retried.
+    # Due far in the future so that no delivery worker claims it meanwhile.
+    row["next_attempt_at"] = now + timedelta(days=1)
     async with engine.begin() as conn:
         await conn.execute(insert(deliveries).values(row))
     delivery = await load_delivery_row(engine, row["id"])
