@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.alerts.rules import Rule, compare, load_rules, parse_duration
@@ -185,3 +187,42 @@ def test_ids_are_assigned_and_the_defaults_load() -> None:
     } <= kpis
     with pytest.raises(ValueError, match="duplicate"):
         load_rules([{"id": "a", "name": "a", "kpi": "nps", "op": "<", "threshold": 0}] * 2)
+
+
+# --- properties ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.none(), st.floats(0, 1)), max_size=40),
+    n=st.integers(1, 4),
+    cooldown_hours=st.integers(0, 5),
+    resolve=st.floats(0.5, 0.8),
+)
+def test_state_machine_invariants(
+    values: list[float | None], n: int, cooldown_hours: int, resolve: float
+) -> None:
+    rule = LOW_UTIL.model_copy(
+        update={
+            "for_evaluations": n,
+            "cooldown": cooldown_hours * 3600.0,
+            "resolve_threshold": resolve,
+        }
+    )
+    transitions, _ = run(rule, values)
+    events = [(i, t) for i, t in enumerate(transitions) if t]
+    # fired and resolved alternate, starting with fired: never two alerts open at once
+    assert [t for _, t in events] == ["fired", "resolved"] * (len(events) // 2) + (
+        ["fired"] if len(events) % 2 else []
+    )
+    for i, t in events:
+        if t == "fired":
+            # the last n non-null values, up to this one, all breached
+            recent = [v for v in values[: i + 1] if v is not None][-n:]
+            assert len(recent) == n and all(v < 0.5 for v in recent)
+        else:
+            assert values[i] is not None and values[i] >= resolve
+    # no fire within the cooldown of a resolve (one evaluation per hour)
+    for (i, t), (j, u) in zip(events, events[1:], strict=False):
+        if t == "resolved" and u == "fired":
+            assert j - i >= cooldown_hours
