@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from itertools import count
+from itertools import count, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,6 @@ def test_state_machine_invariants(
         else:
             assert values[i] is not None and values[i] >= resolve
     # no fire within the cooldown of a resolve (one evaluation per hour)
-    for (i, t), (j, u) in zip(events, events[1:], strict=False):
+    for (i, t), (j, u) in pairwise(events):
         if t == "resolved" and u == "fired":
             assert j - i >= cooldown_hours
