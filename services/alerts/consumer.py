@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -72,6 +72,16 @@ async def apply_snapshots(
     if not snapshots:
         return result
     account_ids = sorted({s.account_id for s in snapshots})
+    # Serialise batches touching the same accounts (two consumers can hold the same
+    # partition for a moment during a rebalance): one transaction-scoped advisory
+    # lock per account, always taken in the same order, before reading revisions.
+    await conn.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(a, 7) AS h "
+            "FROM unnest(CAST(:ids AS text[])) AS a ORDER BY h) AS locks"
+        ),
+        {"ids": account_ids},
+    )
     seen_rows = (
         await conn.execute(
             select(accounts_seen)
