@@ -203,6 +203,7 @@ async def apply_snapshots(
         )
     if outbox:
         await conn.execute(insert(deliveries), outbox)
+        await store.notify_outbox(conn)
         result.outbox_rows = len(outbox)
     seen = insert(accounts_seen)
     await conn.execute(

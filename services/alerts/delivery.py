@@ -179,8 +179,37 @@ class DeliveryWorker:
         self.lease = timedelta(seconds=settings.webhook_timeout + 15)
         self.in_flight = 0
 
+    async def listen(self, stop: asyncio.Event) -> None:
+        """LISTEN for outbox notifications (rows added by any process, replays from the
+        API) and wake the loop. Best effort: without it the poll interval still applies.
+        Holds one pooled connection while running."""
+
+        def wake(*_: object) -> None:
+            self.wake.set()
+
+        try:
+            async with self.engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                pg: Any = raw.driver_connection  # the asyncpg connection
+                await pg.add_listener(store.OUTBOX_CHANNEL, wake)
+                try:
+                    await stop.wait()
+                finally:
+                    await pg.remove_listener(store.OUTBOX_CHANNEL, wake)
+        except Exception as exc:  # polling still works
+            log.warning("outbox LISTEN unavailable; polling only", extra={"reason": str(exc)})
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; in-flight attempts finish first."""
+        listener = asyncio.create_task(self.listen(stop))
+        try:
+            await self._run(stop)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+
+    async def _run(self, stop: asyncio.Event) -> None:
         batches: set[asyncio.Task[None]] = set()
         last_gauge = 0.0
         while not stop.is_set():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -20,6 +20,15 @@ from services.alerts.subscriptions import Subscription
 from services.alerts.tables import deliveries, rules, subscriptions
 
 log = logging.getLogger(__name__)
+
+
+# NOTIFY channel: "the outbox has new due rows" (wakes delivery workers in every process).
+OUTBOX_CHANNEL = "healthscore_outbox"
+
+
+async def notify_outbox(conn: AsyncConnection) -> None:
+    """Wake every listening delivery worker when this transaction commits."""
+    await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
 
 
 def new_delivery_id() -> str:
@@ -169,4 +178,7 @@ async def replay(
         q = q.where(deliveries.c.id == delivery_id, deliveries.c.status.in_(["failed", "disabled"]))
     else:
         q = q.where(deliveries.c.status == "failed", deliveries.c.created_at >= since)
-    return list((await conn.execute(q.returning(deliveries.c.id))).scalars())
+    ids = list((await conn.execute(q.returning(deliveries.c.id))).scalars())
+    if ids:
+        await notify_outbox(conn)
+    return ids

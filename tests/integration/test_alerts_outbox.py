@@ -18,7 +18,7 @@ from services.alerts.consumer import apply_snapshots
 from services.alerts.delivery import DeliveryWorker, make_client
 from services.alerts.settings import AlertsSettings
 from services.alerts.signing import generate_secret
-from services.alerts.store import load_default_rules, outbox_row
+from services.alerts.store import load_default_rules, notify_outbox, outbox_row
 from services.alerts.tables import alerts, deliveries, delivery_attempts, rules, subscriptions
 from shared import db
 from shared.health import HealthSnapshot
@@ -175,3 +175,27 @@ async def test_ssrf_target_is_refused_at_connect_time(
             )
         ).scalar_one()
     assert status == "failed" and "SSRF" in error
+
+
+async def test_outbox_notify_wakes_an_idle_worker(engine: AsyncEngine, env: dict[str, str]) -> None:
+    """Rows written by another process (or a replay through the API) wake the worker
+    through LISTEN/NOTIFY, not only after the (here: one minute) poll interval."""
+    receiver = await Receiver().start()
+    try:
+        await add_subscription(engine, "wh_notify", receiver.url)
+        s = settings(env, webhook_allowlist="127.0.0.1/32", delivery_poll_interval=60)
+        stop = asyncio.Event()
+        client = make_client(s)
+        task = asyncio.create_task(DeliveryWorker(s, engine, client).run(stop))
+        await asyncio.sleep(1.0)  # the worker is now idle, waiting
+        row = outbox_row("wh_notify", "alert.fired", b"{}", None)
+        async with engine.begin() as conn:
+            await conn.execute(insert(deliveries).values(row))
+            await notify_outbox(conn)
+        [req] = await receiver.wait_for(1, timeout=30)
+        assert req.headers["webhook-id"] == row["id"]
+        stop.set()
+        await task
+        await client.aclose()
+    finally:
+        await receiver.stop()
