@@ -10,6 +10,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from shared.embedded import free_port
 
@@ -112,3 +113,42 @@ class Receiver:
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+
+
+async def _serve_to_file(port: int, fh: TextIO) -> None:
+    """Receiver in its own process (benchmarks): one JSON line per request
+    ({"at", "webhook_id", "body"}) appended to ``out``; answers 200."""
+    import json
+    import signal
+
+    receiver = Receiver(port=port)
+
+    def behaviour(_n: int, req: Received) -> Answer:
+        fh.write(
+            json.dumps(
+                {
+                    "at": req.at,
+                    "webhook_id": req.headers.get("webhook-id"),
+                    "body": req.body.decode(),
+                }
+            )
+            + "\n"
+        )
+        receiver.requests.clear()  # keep memory flat; the file is the record
+        return Answer(200)
+
+    receiver.behaviour = behaviour
+    await receiver.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    await receiver.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    with open(sys.argv[2], "a", buffering=1) as out:
+        asyncio.run(_serve_to_file(int(sys.argv[1]), out))

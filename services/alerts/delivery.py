@@ -159,10 +159,9 @@ async def attempt(
 
 
 class DeliveryWorker:
-    """Claims due outbox rows in batches and delivers them; at most ``concurrency``
-    attempts in flight. Each claimed batch is sent concurrently and its outcomes are
-    written in one transaction; a new batch is claimed while older ones are still
-    in flight, so one slow receiver does not hold up the others."""
+    """Claims due outbox rows and delivers them, at most ``concurrency`` attempts in
+    flight. A slot frees as soon as its HTTP exchange ends; outcomes are written by
+    one recorder task in batches (one transaction for whatever finished meanwhile)."""
 
     def __init__(
         self,
@@ -177,7 +176,6 @@ class DeliveryWorker:
         self.policy: RetryPolicy = settings.retry_policy
         self.wake = wake or asyncio.Event()
         self.lease = timedelta(seconds=settings.webhook_timeout + 15)
-        self.in_flight = 0
 
     async def listen(self, stop: asyncio.Event) -> None:
         """LISTEN for outbox notifications (rows added by any process, replays from the
@@ -210,48 +208,74 @@ class DeliveryWorker:
                 await listener
 
     async def _run(self, stop: asyncio.Event) -> None:
-        batches: set[asyncio.Task[None]] = set()
+        attempts: set[asyncio.Task[None]] = set()
+        results: asyncio.Queue[tuple[dict[str, Any], AttemptResult]] = asyncio.Queue()
+        recorder = asyncio.create_task(self._record_results(results))
         last_gauge = 0.0
-        while not stop.is_set():
-            self.wake.clear()
-            free = self.settings.delivery_concurrency - self.in_flight
-            claimed = await self.claim(free) if free > 0 else []
-            if claimed:
-                self.in_flight += len(claimed)
-                task = asyncio.create_task(self._send_batch(claimed))
-                batches.add(task)
-                task.add_done_callback(batches.discard)
-            if time.monotonic() - last_gauge > 5:
-                last_gauge = time.monotonic()
-                with contextlib.suppress(Exception):
-                    async with self.engine.connect() as conn:
-                        metrics.OUTBOX_PENDING.set(await store.pending_count(conn))
-            if claimed and len(claimed) >= free:
-                await asyncio.sleep(0.01)  # full: let some finish, then claim more
-                continue
-            waiters: list[asyncio.Future[Any]] = [
-                asyncio.ensure_future(self.wake.wait()),
-                asyncio.ensure_future(stop.wait()),
-            ]
-            if batches:
-                waiters.append(asyncio.ensure_future(asyncio.wait(set(batches))))
-            await asyncio.wait(
-                waiters, timeout=self.settings.delivery_poll_interval, return_when="FIRST_COMPLETED"
-            )
-            for w in waiters:
-                w.cancel()
-        if batches:
-            await asyncio.wait(batches, timeout=self.settings.webhook_timeout + 5)
-
-    async def _send_batch(self, rows: list[dict[str, Any]]) -> None:
         try:
-            results = await asyncio.gather(*(self._attempt(r) for r in rows))
-            done = [(r, x) for r, x in zip(rows, results, strict=True) if x is not None]
-            await self.record(done)
-        except Exception:
-            log.exception("delivery bookkeeping failed", extra={"count": len(rows)})
+            while not stop.is_set():
+                self.wake.clear()
+                free = self.settings.delivery_concurrency - len(attempts)
+                claimed = await self.claim(free) if free > 0 else []
+                for row in claimed:
+                    task = asyncio.create_task(self._attempt_into(row, results))
+                    attempts.add(task)
+                    task.add_done_callback(attempts.discard)
+                if time.monotonic() - last_gauge > 5:
+                    last_gauge = time.monotonic()
+                    with contextlib.suppress(Exception):
+                        async with self.engine.connect() as conn:
+                            metrics.OUTBOX_PENDING.set(await store.pending_count(conn))
+                if attempts and len(claimed) >= free:
+                    # Full: wait for a slot, then claim again (more may be due).
+                    await asyncio.wait(set(attempts), return_when="FIRST_COMPLETED")
+                    continue
+                waiters: list[asyncio.Future[Any]] = [
+                    asyncio.ensure_future(self.wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(
+                    waiters,
+                    timeout=self.settings.delivery_poll_interval,
+                    return_when="FIRST_COMPLETED",
+                )
+                for w in waiters:
+                    w.cancel()
+            if attempts:
+                await asyncio.wait(attempts, timeout=self.settings.webhook_timeout + 5)
         finally:
-            self.in_flight -= len(rows)
+            await results.join()  # every finished attempt is recorded before we return
+            recorder.cancel()
+            with contextlib.suppress(BaseException):
+                await recorder
+
+    async def _attempt_into(
+        self, row: dict[str, Any], results: asyncio.Queue[tuple[dict[str, Any], AttemptResult]]
+    ) -> None:
+        try:
+            result = await self._attempt(row)
+        except Exception:
+            log.exception("webhook attempt crashed", extra={"delivery_id": row["id"]})
+            return  # the lease runs out and the row is tried again
+        if result is not None:
+            results.put_nowait((row, result))
+
+    async def _record_results(
+        self, results: asyncio.Queue[tuple[dict[str, Any], AttemptResult]]
+    ) -> None:
+        """Write finished attempts in batches (whatever has finished meanwhile), so an
+        attempt's slot is free as soon as its HTTP exchange ends."""
+        while True:
+            batch = [await results.get()]
+            while not results.empty() and len(batch) < 500:
+                batch.append(results.get_nowait())
+            try:
+                await self.record(batch)
+            except Exception:  # the rows' leases run out and they are tried again
+                log.exception("recording webhook attempts failed", extra={"count": len(batch)})
+            finally:
+                for _ in batch:
+                    results.task_done()
 
     async def claim(self, limit: int) -> list[dict[str, Any]]:
         """Due rows (with their subscription), leased to this worker."""

@@ -28,7 +28,7 @@ class AlertsSettings(CommonSettings):
     webhook_secret_overlap: float = Field(
         default=86400.0, ge=0, description="Seconds the previous secret still signs after rotation."
     )
-    delivery_concurrency: int = Field(default=16, ge=1, le=1000)
+    delivery_concurrency: int = Field(default=32, ge=1, le=1000)
     delivery_poll_interval: float = Field(default=0.5, gt=0, le=60)
     rules_file: Path = Field(
         default=DEFAULT_RULES_FILE,
