@@ -11,7 +11,14 @@ from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.alerts import payloads, store
 from services.alerts.delivery import DeliveryWorker, load_delivery_row
 from services.alerts.retry import RetryPolicy
-from services.alerts.rules import Rule
+from services.alerts.rules import Rule, reject_nul
 from services.alerts.settings import AlertsSettings
 from services.alerts.signing import generate_secret
 from services.alerts.ssrf import SsrfRefused, check_addresses
@@ -121,6 +128,8 @@ async def delete_rule(rule_id: str, request: Request) -> Response:
 class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    _no_nul = model_validator(mode="before")(reject_nul)
+
     severity: list[SeverityName] | None = None
     rule_ids: list[str] | None = None
     account_ids: list[str] | None = None
@@ -148,6 +157,8 @@ def _all_event_types() -> list[EventType]:
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    _no_nul = model_validator(mode="before")(reject_nul)
+
     url: str = Field(max_length=2000)
     description: str | None = Field(default=None, max_length=500)
     event_types: list[EventType] = Field(default_factory=_all_event_types, min_length=1)
@@ -163,6 +174,8 @@ class WebhookIn(BaseModel):
 
 class WebhookPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    _no_nul = model_validator(mode="before")(reject_nul)
 
     url: str | None = Field(default=None, max_length=2000)
     description: str | None = Field(default=None, max_length=500)
@@ -359,9 +372,11 @@ async def test_webhook(webhook_id: str, request: Request) -> dict[str, Any]:
         "timestamp": _iso(now),
         "data": {"webhook_id": webhook_id, "message": "Test event from Healthscore"},
     }
-    body = payloads.encode(event, sub.format, _settings(request).dashboard_url)
-    if sub.format == "slack":
-        body = orjson.dumps({"text": "Test message from Healthscore"})
+    body = (
+        orjson.dumps({"text": f"Test message from Healthscore (webhook {webhook_id})"})
+        if sub.format == "slack"
+        else payloads.encode_standard(event)
+    )
     row = store.outbox_row(webhook_id, "webhook.test", body, None, now)
     # A test is one attempt, made here: failed if it does not succeed, never retried.
     # Due far in the future so that no delivery worker claims it meanwhile.

@@ -4,10 +4,11 @@ consumer and the webhook delivery worker."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from services.alerts.api import router
 from services.alerts.settings import AlertsSettings
@@ -37,6 +38,17 @@ def create_app(settings: AlertsSettings, workers: WorkerStatus | None = None) ->
 
     app = FastAPI(title="Healthscore alerts", version="0.1.0", lifespan=lifespan)
     app.include_router(router)
+
+    @app.middleware("http")
+    async def refuse_nul(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # PostgreSQL text cannot hold NUL: refuse it in paths and queries up front
+        # (bodies are checked by the request models) instead of failing with a 500.
+        query = request.scope.get("query_string", b"").lower()
+        if "\x00" in request.scope.get("path", "") or b"%00" in query:
+            return JSONResponse({"detail": "NUL characters are not allowed in the URL"}, 400)
+        return await call_next(request)
 
     async def database_ok() -> bool:
         return await db.ping(app.state.engine)

@@ -8,6 +8,7 @@ of resolving.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 import secrets
@@ -26,6 +27,7 @@ Value = bool | float | int | str | None
 SPECIAL_KPIS = frozenset({"score", "score_delta_7d", "band"})
 BANDS = ("green", "yellow", "red")
 DEFAULT_COOLDOWN_SECONDS = 24 * 3600.0
+MAX_DURATION_SECONDS = 3650 * 86400.0
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -51,9 +53,29 @@ def parse_duration(value: str | float | int) -> float:
         if not m:
             raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '30m', '24h', '2d'")
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite, non-negative number of seconds")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError("a duration can be at most 3650 days")
     return seconds
+
+
+def reject_nul(data: Any) -> Any:
+    """Refuse NUL characters anywhere in the input: PostgreSQL text cannot store them."""
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("text must not contain NUL (\\u0000) characters")
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(x)
+
+    walk(data)
+    return data
 
 
 def new_rule_id() -> str:
@@ -78,6 +100,11 @@ class Rule(BaseModel):
     severity: Severity = "warning"
     enabled: bool = True
     description: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return reject_nul(data)
 
     @field_validator("id")
     @classmethod
@@ -106,6 +133,8 @@ class Rule(BaseModel):
         ):
             if t is None:
                 continue
+            if isinstance(t, float) and not math.isfinite(t):
+                raise ValueError(f"{name}: must be a finite number")
             if self.kpi == "band":
                 if t not in BANDS:
                     raise ValueError(f"{name}: the band is one of green, yellow, red")

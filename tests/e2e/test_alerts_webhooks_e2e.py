@@ -345,6 +345,10 @@ async def test_rotation_sends_both_signatures_and_test_endpoint(
         assert Webhook(secret).verify(req.body, req.headers)["type"] == "webhook.test"
     r = await api("POST", alerts.url, "/v1/webhooks/wh_nope/rotate-secret")
     assert r.status_code == 404
+    slack = await subscribe(alerts.url, receiver.url + "/slack", account(), format="slack")
+    r = await api("POST", alerts.url, f"/v1/webhooks/{slack['id']}/test")
+    assert r.status_code == 200 and r.json()["delivered"] is True, r.text
+    assert "Test message" in orjson.loads(receiver.requests[-1].body)["text"]
 
 
 @pytest.mark.parametrize(
@@ -380,6 +384,14 @@ async def test_admin_api_errors_and_scope(alerts: ServiceProcess) -> None:
     assert r.status_code == 422  # a boolean threshold needs == or !=
     r = await api("GET", alerts.url, "/v1/deliveries", params={"status": "weird"})
     assert r.status_code == 422
+    nul = {"name": "a\u0000b", "kpi": "nps", "op": "<", "threshold": 0}
+    r = await api("POST", alerts.url, "/v1/rules", json=nul)
+    assert r.status_code == 422, r.text  # PostgreSQL text cannot hold NUL: a 4xx, not a 500
+    r = await api("POST", alerts.url, "/v1/webhooks", json={"url": "https://e.com/\u0000"})
+    assert r.status_code == 422, r.text
+    assert (await api("GET", alerts.url, "/v1/rules/a%00b")).status_code == 400
+    r = await api("GET", alerts.url, "/v1/alerts", params={"account_id": "a\u0000"})
+    assert r.status_code == 400
     async with httpx.AsyncClient() as c:
         assert (await c.get(f"{alerts.url}/v1/rules")).status_code == 401
 

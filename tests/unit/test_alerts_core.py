@@ -163,6 +163,11 @@ def test_durations(raw: Any, seconds: float) -> None:
         pytest.param({"op": "<", "threshold": 1, "kpi": "nps", "cooldown": "soon"}, id="cooldown"),
         pytest.param({"op": "<", "threshold": 1, "kpi": "nps", "severity": "x"}, id="severity"),
         pytest.param({"op": "<", "threshold": 1, "kpi": "nps", "for_evaluations": 0}, id="n"),
+        pytest.param({"op": "<", "threshold": float("inf"), "kpi": "nps"}, id="infinite"),
+        pytest.param(
+            {"op": "<", "threshold": 1, "kpi": "nps", "cooldown": 1e15}, id="huge-cooldown"
+        ),
+        pytest.param({"op": "<", "threshold": 1, "kpi": "nps", "cooldown": -5}, id="neg-cooldown"),
     ],
 )
 def test_invalid_rules_are_refused(bad: dict[str, Any]) -> None:
