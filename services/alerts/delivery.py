@@ -41,6 +41,7 @@ from services.alerts.tables import deliveries, delivery_attempts, subscriptions
 log = logging.getLogger(__name__)
 
 USER_AGENT = "Healthscore-Webhooks/1.0"
+CLAIM_LINGER = 0.005  # seconds; batches claims and bookkeeping under load
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -227,8 +228,10 @@ class DeliveryWorker:
                         async with self.engine.connect() as conn:
                             metrics.OUTBOX_PENDING.set(await store.pending_count(conn))
                 if attempts and len(claimed) >= free:
-                    # Full: wait for a slot, then claim again (more may be due).
+                    # Full: wait for a slot, then claim again (more may be due). The
+                    # short linger lets a few more finish, so claims come in batches.
                     await asyncio.wait(set(attempts), return_when="FIRST_COMPLETED")
+                    await asyncio.sleep(CLAIM_LINGER)
                     continue
                 waiters: list[asyncio.Future[Any]] = [
                     asyncio.ensure_future(self.wake.wait()),
@@ -267,6 +270,7 @@ class DeliveryWorker:
         attempt's slot is free as soon as its HTTP exchange ends."""
         while True:
             batch = [await results.get()]
+            await asyncio.sleep(CLAIM_LINGER)  # gather what finishes meanwhile: fewer commits
             while not results.empty() and len(batch) < 500:
                 batch.append(results.get_nowait())
             try:
