@@ -216,6 +216,34 @@ def rescore(
     )
 
 
+# --- alerts: rules and deliveries ------------------------------------------------
+rules_app = typer.Typer(help="Alert rules.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+deliveries_app = typer.Typer(help="Webhook deliveries.", no_args_is_help=True)
+app.add_typer(deliveries_app, name="deliveries")
+
+
+@rules_app.command("apply")
+def rules_apply(file: Annotated[str, typer.Argument(help="A YAML file of rules.")]) -> None:
+    """Create or update the rules in FILE, matched by id (rules not in FILE stay)."""
+    from services.alerts.cli import apply_rules
+
+    _exit(apply_rules(file))
+
+
+@deliveries_app.command("replay")
+def deliveries_replay(
+    id: Annotated[str | None, typer.Option("--id", help="One delivery (webhook-id).")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Every failed delivery created since this ISO time.")
+    ] = None,
+) -> None:
+    """Send failed deliveries again (same webhook-id); a running alerts service sends them."""
+    from services.alerts.cli import replay_deliveries
+
+    _exit(replay_deliveries(id, since))
+
+
 def main() -> None:
     app(prog_name="healthscore")
 

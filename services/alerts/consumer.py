@@ -1,0 +1,334 @@
+"""The health consumer: batches of HealthSnapshot messages → one Postgres transaction
+(rule state, alert history, outbox rows for every matching subscription, last
+revision per account, consumed offsets) → Kafka commit.
+
+Idempotent: snapshots with ``revision <= last seen`` for their account are skipped,
+and offsets live in Postgres next to the state (the consumer seeks to them on
+assignment), so a redelivered message never creates a second alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+from sqlalchemy import select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.alerts import metrics, payloads, store
+from services.alerts.rules import Rule
+from services.alerts.settings import AlertsSettings
+from services.alerts.state_machine import AlertTransition, RuleState, band_change, evaluate
+from services.alerts.tables import accounts_seen, alert_state, alerts, consumer_offsets, deliveries
+from shared.health import HealthSnapshot, is_newer
+from shared.kafka import make_consumer
+
+log = logging.getLogger(__name__)
+
+
+def new_alert_id() -> str:
+    return "alr_" + secrets.token_hex(10)
+
+
+@dataclass
+class BatchResult:
+    snapshots: int = 0
+    skipped_stale: int = 0
+    transitions: list[tuple[str, str]] = field(default_factory=list)  # (rule id, transition)
+    outbox_rows: int = 0
+
+
+def _excerpt(s: HealthSnapshot) -> dict[str, Any]:
+    return {
+        "revision": s.revision,
+        "as_of": s.as_of.isoformat(),
+        "evaluated_at": s.evaluated_at.isoformat(),
+        "score": s.score,
+        "band": s.band,
+        "score_delta_7d": s.score_delta_7d,
+        "lifecycle_stage": s.lifecycle_stage,
+        "in_grace_period": s.in_grace_period,
+        "kpis": s.kpis,
+    }
+
+
+async def apply_snapshots(
+    conn: AsyncConnection,
+    snapshots: Sequence[HealthSnapshot],
+    dashboard_url: str,
+    id_factory: Callable[[], str] = new_alert_id,
+) -> BatchResult:
+    """Evaluate every enabled rule on the new snapshots and write the outcome. Runs
+    inside the caller's transaction."""
+    result = BatchResult()
+    if not snapshots:
+        return result
+    account_ids = sorted({s.account_id for s in snapshots})
+    # Serialise batches touching the same accounts (two consumers can hold the same
+    # partition for a moment during a rebalance): one transaction-scoped advisory
+    # lock per account, always taken in the same order, before reading revisions.
+    await conn.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT hashtextextended(a, 7) AS h "
+            "FROM unnest(CAST(:ids AS text[])) AS a ORDER BY h) AS locks"
+        ),
+        {"ids": account_ids},
+    )
+    seen_rows = (
+        await conn.execute(
+            select(accounts_seen)
+            .where(accounts_seen.c.account_id.in_(account_ids))
+            .with_for_update()
+        )
+    ).all()
+    last_rev: dict[str, int | None] = {r.account_id: r.last_revision for r in seen_rows}
+    last_band: dict[str, str | None] = {r.account_id: r.last_band for r in seen_rows}
+    fresh: list[HealthSnapshot] = []
+    for s in sorted(snapshots, key=lambda x: (x.account_id, x.revision)):
+        if is_newer(s, last_rev.get(s.account_id)):
+            fresh.append(s)
+            last_rev[s.account_id] = s.revision
+        else:
+            result.skipped_stale += 1
+    result.snapshots = len(fresh)
+    if not fresh:
+        return result
+
+    rules = await store.list_rules(conn, enabled_only=True)
+    subs = await store.enabled_subscriptions(conn)
+    fresh_accounts = sorted({s.account_id for s in fresh})
+    states: dict[tuple[str, str], RuleState] = {}
+    if rules:
+        rows = (
+            await conn.execute(
+                select(alert_state)
+                .where(alert_state.c.account_id.in_(fresh_accounts))
+                .with_for_update()
+            )
+        ).all()
+        states = {
+            (r.account_id, r.rule_id): RuleState(
+                r.consecutive, r.open_alert_id, r.fired_at, r.resolved_at
+            )
+            for r in rows
+        }
+    original = dict(states)
+    new_alerts: list[dict[str, Any]] = []
+    resolved: list[tuple[AlertTransition, HealthSnapshot]] = []
+    outbox: list[dict[str, Any]] = []
+    now = datetime.now(UTC)
+
+    def enqueue(event: dict[str, Any], severity: str | None, alert_id: str | None) -> None:
+        for sub in subs:
+            if sub.matches(event, severity):
+                body = payloads.encode(event, sub.format, dashboard_url)
+                outbox.append(store.outbox_row(sub.id, event["type"], body, alert_id, now))
+
+    for snap in fresh:
+        change = band_change(snap, last_band.get(snap.account_id))
+        if snap.band is not None:
+            last_band[snap.account_id] = snap.band
+        if change is not None:
+            result.transitions.append(("band", "band_changed"))
+            enqueue(
+                payloads.band_event(snap, change.previous_band, change.at),
+                payloads.BAND_SEVERITY.get(change.band),
+                None,
+            )
+        for rule in rules:
+            key = (snap.account_id, rule.id)
+            state, event = evaluate(rule, states.get(key, RuleState()), snap, id_factory())
+            states[key] = state
+            if event is None:
+                continue
+            result.transitions.append((rule.id, event.transition))
+            if event.transition == "fired":
+                new_alerts.append(_alert_row(rule, event, snap))
+            else:
+                resolved.append((event, snap))
+            enqueue(
+                payloads.alert_event(
+                    f"alert.{event.transition}",
+                    rule=rule,
+                    alert_id=event.alert_id,
+                    value=event.value,
+                    fired_at=event.fired_at,
+                    at=event.at,
+                    snapshot=snap,
+                ),
+                rule.severity,
+                event.alert_id,
+            )
+
+    changed = [
+        {
+            "account_id": a,
+            "rule_id": r,
+            "consecutive": st.consecutive,
+            "open_alert_id": st.open_alert_id,
+            "fired_at": st.fired_at,
+            "resolved_at": st.resolved_at,
+        }
+        for (a, r), st in states.items()
+        if original.get((a, r)) != st
+    ]
+    if changed:
+        # executemany (not one multi-VALUES statement): compiled once and cached.
+        stmt = insert(alert_state)
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["account_id", "rule_id"],
+                set_={
+                    c: stmt.excluded[c]
+                    for c in ("consecutive", "open_alert_id", "fired_at", "resolved_at")
+                },
+            ),
+            changed,
+        )
+    if new_alerts:
+        await conn.execute(insert(alerts), new_alerts)
+    for event, _snap in resolved:
+        await conn.execute(
+            update(alerts)
+            .where(alerts.c.id == event.alert_id)
+            .values(status="resolved", resolved_at=event.at, resolved_value=event.value)
+        )
+    if outbox:
+        await conn.execute(insert(deliveries), outbox)
+        await store.notify_outbox(conn)
+        result.outbox_rows = len(outbox)
+    seen = insert(accounts_seen)
+    await conn.execute(
+        seen.on_conflict_do_update(
+            index_elements=["account_id"],
+            set_={
+                "last_revision": seen.excluded.last_revision,
+                "last_band": seen.excluded.last_band,
+                "updated_at": seen.excluded.updated_at,
+            },
+        ),
+        [
+            {
+                "account_id": a,
+                "last_revision": last_rev[a],
+                "last_band": last_band.get(a),
+                "updated_at": now,
+            }
+            for a in fresh_accounts
+        ],
+    )
+    return result
+
+
+def _alert_row(rule: Rule, event: AlertTransition, snap: HealthSnapshot) -> dict[str, Any]:
+    return {
+        "id": event.alert_id,
+        "account_id": snap.account_id,
+        "account_name": snap.account_name,
+        "rule_id": rule.id,
+        "rule_name": rule.name,
+        "severity": rule.severity,
+        "kpi": rule.kpi,
+        "status": "open",
+        "value": event.value,
+        "threshold": rule.threshold,
+        "fired_at": event.at,
+        "fired_revision": snap.revision,
+        "snapshot": _excerpt(snap),
+    }
+
+
+class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: AIOKafkaConsumer, engine: AsyncEngine) -> None:
+        self.consumer = consumer
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        pass  # batches are applied atomically; nothing half-done to flush
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        if not assigned:
+            return
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(consumer_offsets).where(
+                        tuple_(consumer_offsets.c.topic, consumer_offsets.c.partition).in_(
+                            [(tp.topic, tp.partition) for tp in assigned]
+                        )
+                    )
+                )
+            ).all()
+        for r in rows:
+            self.consumer.seek(TopicPartition(r.topic, r.partition), r.next_offset)
+
+
+async def _store_offsets(conn: AsyncConnection, offsets: dict[TopicPartition, int]) -> None:
+    stmt = insert(consumer_offsets)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["topic", "partition"], set_={"next_offset": stmt.excluded.next_offset}
+        ),
+        [
+            {"topic": tp.topic, "partition": tp.partition, "next_offset": o}
+            for tp, o in offsets.items()
+        ],
+    )
+
+
+async def run_consumer(
+    settings: AlertsSettings,
+    engine: AsyncEngine,
+    stop: asyncio.Event,
+    outbox_changed: asyncio.Event | None = None,
+) -> None:
+    """Consume the health topic until ``stop`` is set; finishes the batch in hand.
+    Sets ``outbox_changed`` after a commit that added deliveries (wakes the workers)."""
+    consumer = make_consumer(settings, settings.consumer_group)
+    consumer.subscribe([settings.topics.health], listener=_SeekToStored(consumer, engine))
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=settings.health_batch_max)
+            if not batches:
+                continue
+            snapshots: list[HealthSnapshot] = []
+            offsets: dict[TopicPartition, int] = {}
+            for tp, messages in batches.items():
+                for msg in messages:
+                    try:
+                        snapshots.append(HealthSnapshot.decode(msg.value))
+                    except (ValidationError, ValueError) as exc:
+                        log.warning(
+                            "undecodable health snapshot skipped",
+                            extra={
+                                "partition": tp.partition,
+                                "offset": msg.offset,
+                                "reason": str(exc)[:500],
+                            },
+                        )
+                offsets[tp] = messages[-1].offset + 1
+            async with engine.begin() as conn:
+                result = await apply_snapshots(conn, snapshots, settings.dashboard_url)
+                await _store_offsets(conn, offsets)
+            for rule_id, transition in result.transitions:
+                metrics.ALERTS.labels(rule_id, transition).inc()
+            if result.outbox_rows and outbox_changed is not None:
+                outbox_changed.set()
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), 10)
+            except Exception as exc:  # the Kafka commit is a hint; Postgres holds the truth
+                log.warning("kafka commit failed", extra={"reason": str(exc)})
+    finally:
+        try:
+            await asyncio.wait_for(consumer.stop(), 10)
+        except TimeoutError:
+            log.warning("consumer did not stop within 10 s")

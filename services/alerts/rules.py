@@ -1,0 +1,223 @@
+"""Alert rules (SPEC §7): the model, its validation and its YAML/JSON form.
+
+Pure: no I/O. A rule says "alert when ``kpi op threshold`` has held for
+``for_evaluations`` consecutive evaluations"; it resolves when the value crosses back
+past ``resolve_threshold`` (hysteresis) and does not fire again within ``cooldown``
+of resolving.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.health import HealthSnapshot
+
+Op = Literal["<", "<=", ">", ">=", "==", "!="]
+Severity = Literal["info", "warning", "critical"]
+Threshold = bool | float | str  # bool first: YAML `true` must stay a bool
+Value = bool | float | int | str | None
+
+SPECIAL_KPIS = frozenset({"score", "score_delta_7d", "band"})
+BANDS = ("green", "yellow", "red")
+DEFAULT_COOLDOWN_SECONDS = 24 * 3600.0
+MAX_DURATION_SECONDS = 3650 * 86400.0
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``"24h"``, ``"30m"``, ``"90s"``, ``"2d"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '24h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(value)
+        if not m:
+            raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '30m', '24h', '2d'")
+        seconds = float(m.group(1)) * _UNIT[m.group(2)]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a duration must be a finite, non-negative number of seconds")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError("a duration can be at most 3650 days")
+    return seconds
+
+
+def reject_nul(data: Any) -> Any:
+    """Refuse NUL characters anywhere in the input: PostgreSQL text cannot store them."""
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str) and "\x00" in v:
+            raise ValueError("text must not contain NUL (\\u0000) characters")
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(x)
+
+    walk(data)
+    return data
+
+
+def new_rule_id() -> str:
+    return "rule_" + secrets.token_hex(6)
+
+
+class Rule(BaseModel):
+    """One alert rule. ``id`` is assigned when omitted; ``cooldown`` is stored in seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(default_factory=new_rule_id)
+    name: str = Field(min_length=1, max_length=200)
+    kpi: str = Field(min_length=1, max_length=100)
+    op: Op
+    threshold: Threshold
+    resolve_threshold: Threshold | None = None  # None → same as threshold
+    for_evaluations: int = Field(default=1, ge=1, le=1000)
+    cooldown: float = DEFAULT_COOLDOWN_SECONDS
+    lifecycle_stages: list[str] | None = None  # None → every stage
+    respect_grace: bool = True
+    severity: Severity = "warning"
+    enabled: bool = True
+    description: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return reject_nul(data)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("id: 1–100 characters of letters, digits, '_', '.', ':' or '-'")
+        return v
+
+    @field_validator("cooldown", mode="before")
+    @classmethod
+    def _cooldown(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("lifecycle_stages")
+    @classmethod
+    def _stages(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("lifecycle_stages: omit it (every stage) or list at least one")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        for name, t in (
+            ("threshold", self.threshold),
+            ("resolve_threshold", self.resolve_threshold),
+        ):
+            if t is None:
+                continue
+            if isinstance(t, float) and not math.isfinite(t):
+                raise ValueError(f"{name}: must be a finite number")
+            if self.kpi == "band":
+                if t not in BANDS:
+                    raise ValueError(f"{name}: the band is one of green, yellow, red")
+                if self.op not in ("==", "!="):
+                    raise ValueError("op: a band rule uses == or !=")
+            elif isinstance(t, str):
+                raise ValueError(f"{name}: must be a number or a boolean for kpi {self.kpi!r}")
+            elif isinstance(t, bool) and self.op not in ("==", "!="):
+                raise ValueError("op: a boolean threshold needs == or !=")
+        if self.kpi != "band" and isinstance(self.threshold, str):
+            raise ValueError("threshold must be a number or a boolean")
+        return self
+
+    @property
+    def effective_resolve_threshold(self) -> Threshold:
+        return self.threshold if self.resolve_threshold is None else self.resolve_threshold
+
+    def applies_to(self, snapshot: HealthSnapshot) -> bool:
+        """False when the account's lifecycle stage or grace period excludes it."""
+        if self.respect_grace and snapshot.in_grace_period:
+            return False
+        if self.lifecycle_stages is not None:
+            return snapshot.lifecycle_stage in self.lifecycle_stages
+        return True
+
+
+def kpi_value(snapshot: HealthSnapshot, kpi: str) -> Value:
+    if kpi == "score":
+        return snapshot.score
+    if kpi == "score_delta_7d":
+        return snapshot.score_delta_7d
+    if kpi == "band":
+        return snapshot.band
+    return snapshot.kpis.get(kpi)
+
+
+def compare(value: Value, op: str, threshold: Threshold) -> bool | None:
+    """``value op threshold``; None when it cannot be decided (null value, or types
+    that do not compare, e.g. a number against a band)."""
+    if value is None:
+        return None
+    if isinstance(threshold, str) != isinstance(value, str):
+        return None
+    if isinstance(threshold, bool) and not isinstance(value, bool):
+        return None
+    try:
+        return bool(_OPS[op](value, threshold))
+    except TypeError:
+        return None
+
+
+def is_breached(rule: Rule, value: Value) -> bool | None:
+    return compare(value, rule.op, rule.threshold)
+
+
+def is_recovered(rule: Rule, value: Value) -> bool | None:
+    """True when the value has crossed back past the resolve threshold."""
+    held = compare(value, rule.op, rule.effective_resolve_threshold)
+    return None if held is None else not held
+
+
+def load_rules(data: Any) -> list[Rule]:
+    """Rules from parsed YAML/JSON: a list of rules or ``{"rules": [...]}``.
+    Raises ``ValueError`` (pydantic's ValidationError is one) naming the bad rule."""
+    items = data.get("rules") if isinstance(data, Mapping) else data
+    if not isinstance(items, list):
+        raise ValueError("expected a list of rules, or a mapping with a 'rules' list")
+    rules = []
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"rule #{i + 1}: expected a mapping")
+        try:
+            rules.append(Rule.model_validate(dict(item)))
+        except ValueError as exc:
+            raise ValueError(
+                f"rule #{i + 1} ({item.get('id') or item.get('name')}): {exc}"
+            ) from exc
+    ids = [r.id for r in rules]
+    dupes = {x for x in ids if ids.count(x) > 1}
+    if dupes:
+        raise ValueError(f"duplicate rule ids: {', '.join(sorted(dupes))}")
+    return rules
+
+
+def by_id(rules: Iterable[Rule]) -> dict[str, Rule]:
+    return {r.id: r for r in rules}

@@ -1,0 +1,201 @@
+"""The alerts adapters on a real Postgres, in-process: the outbox written with the
+alert, stale revisions skipped, two delivery workers sharing one outbox, and the
+SSRF guard at connect time (resolution is faked, so no traffic ever leaves the
+machine)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.alerts.consumer import apply_snapshots
+from services.alerts.delivery import DeliveryWorker, make_client
+from services.alerts.settings import AlertsSettings
+from services.alerts.signing import generate_secret
+from services.alerts.store import load_default_rules, notify_outbox, outbox_row
+from services.alerts.tables import alerts, deliveries, delivery_attempts, rules, subscriptions
+from shared import db
+from shared.health import HealthSnapshot
+from tests.webhook_receiver import Receiver
+
+
+@pytest.fixture(scope="module")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    e = db.create_engine(database_url)
+    yield e
+    await e.dispose()
+
+
+def settings(env: dict[str, str], **extra: Any) -> AlertsSettings:
+    return AlertsSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        DATABASE_URL=env["DATABASE_URL"],
+        KAFKA_BOOTSTRAP_SERVERS=env["KAFKA_BOOTSTRAP_SERVERS"],
+        **extra,
+    )
+
+
+async def add_subscription(engine: AsyncEngine, sub_id: str, url: str, **kw: Any) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(subscriptions).values(
+                id=sub_id,
+                url=url,
+                event_types=["alert.fired", "alert.resolved", "score.band_changed"],
+                format="standard",
+                enabled=True,
+                secret=generate_secret(),
+                **kw,
+            )
+        )
+
+
+def snap(account_id: str, revision: int, **kpis: Any) -> HealthSnapshot:
+    return HealthSnapshot(
+        account_id=account_id,
+        revision=revision,
+        as_of=date(2026, 11, 1),
+        evaluated_at=datetime(2026, 11, 1, 12, revision, tzinfo=UTC),
+        trigger="events",
+        score=80.0,
+        band="green",
+        coverage=1.0,
+        model_version="t",
+        in_grace_period=False,
+        kpis=kpis,
+        measures=[],
+    )
+
+
+async def test_defaults_load_once_and_alert_and_outbox_share_a_transaction(
+    engine: AsyncEngine,
+) -> None:
+    path = AlertsSettings.model_fields["rules_file"].default
+    assert await load_default_rules(engine, path) == 9
+    assert await load_default_rules(engine, path) == 0  # not empty any more: untouched
+    await add_subscription(engine, "wh_tx", "http://127.0.0.1:9/never", filter_account_ids=["tx"])
+    async with engine.begin() as conn:
+        first = await apply_snapshots(conn, [snap("tx", 1, nps=-30)], "http://d")
+        assert first.outbox_rows == 1 and first.transitions == [("negative-nps", "fired")]
+        again = await apply_snapshots(conn, [snap("tx", 1, nps=-30), snap("tx", 0)], "http://d")
+        assert again.skipped_stale == 2 and again.outbox_rows == 0
+    # a transaction that fails after evaluating leaves neither alert nor outbox row
+    with pytest.raises(RuntimeError):
+        async with engine.begin() as conn:
+            await apply_snapshots(conn, [snap("rolled", 1, nps=-30)], "http://d")
+            raise RuntimeError("crash before commit")
+    async with engine.connect() as conn:
+        n_alerts = (
+            await conn.execute(
+                select(func.count()).where(alerts.c.account_id.in_(["tx", "rolled"]))
+            )
+        ).scalar_one()
+        n_out = (
+            await conn.execute(select(func.count()).where(deliveries.c.subscription_id == "wh_tx"))
+        ).scalar_one()
+        n_rules = (await conn.execute(select(func.count()).select_from(rules))).scalar_one()
+    assert (n_alerts, n_out, n_rules) == (1, 1, 9)
+
+
+async def test_two_workers_deliver_each_row_exactly_once(
+    engine: AsyncEngine, env: dict[str, str]
+) -> None:
+    receiver = await Receiver().start()
+    try:
+        await add_subscription(engine, "wh_pair", receiver.url)
+        rows = [outbox_row("wh_pair", "alert.fired", b'{"n":%d}' % i, None) for i in range(60)]
+        async with engine.begin() as conn:
+            await conn.execute(insert(deliveries).values(rows))
+        s = settings(env, webhook_allowlist="127.0.0.1/32", delivery_concurrency=8)
+        stop = asyncio.Event()
+        clients = [make_client(s), make_client(s)]
+        workers = [DeliveryWorker(s, engine, c) for c in clients]
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+        await receiver.wait_for(60)
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*tasks)
+        for c in clients:
+            await c.aclose()
+        ids = [r.headers["webhook-id"] for r in receiver.requests]
+        assert sorted(ids) == sorted(r["id"] for r in rows)  # each once, none twice
+    finally:
+        await receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "resolved"),
+    [
+        pytest.param("metadata.example", ["169.254.169.254"], id="metadata"),
+        pytest.param("intranet.example", ["10.0.0.1"], id="private"),
+        pytest.param("rebind.example", ["93.184.216.34", "192.168.0.10"], id="mixed"),
+        pytest.param("mapped.example", ["::ffff:10.0.0.1"], id="ipv4-mapped"),
+        pytest.param("cgnat.example", ["100.64.1.1"], id="cgnat"),
+    ],
+)
+async def test_ssrf_target_is_refused_at_connect_time(
+    engine: AsyncEngine, env: dict[str, str], host: str, resolved: list[str]
+) -> None:
+    asked: list[str] = []
+
+    async def fake_resolver(name: str, port: int) -> list[str]:
+        asked.append(name)
+        return resolved
+
+    sub_id = "wh_ssrf_" + host.split(".")[0]
+    await add_subscription(engine, sub_id, f"http://{host}/hook")
+    row = outbox_row(sub_id, "alert.fired", b"{}", None)
+    async with engine.begin() as conn:
+        await conn.execute(insert(deliveries).values(row))
+    s = settings(env, webhook_allowlist="127.0.0.1/32")
+    client = make_client(s, resolver=fake_resolver)
+    try:
+        worker = DeliveryWorker(s, engine, client)
+        [claimed] = [r for r in await worker.claim(100) if r["id"] == row["id"]]
+        result = await worker.deliver(claimed)
+    finally:
+        await client.aclose()
+    assert asked == [host]
+    assert result is not None and result.outcome == "refused"
+    async with engine.connect() as conn:
+        status = (
+            await conn.execute(select(deliveries.c.status).where(deliveries.c.id == row["id"]))
+        ).scalar_one()
+        error = (
+            await conn.execute(
+                select(delivery_attempts.c.error).where(
+                    delivery_attempts.c.delivery_id == row["id"]
+                )
+            )
+        ).scalar_one()
+    assert status == "failed" and "SSRF" in error
+
+
+async def test_outbox_notify_wakes_an_idle_worker(engine: AsyncEngine, env: dict[str, str]) -> None:
+    """Rows written by another process (or a replay through the API) wake the worker
+    through LISTEN/NOTIFY, not only after the (here: one minute) poll interval."""
+    receiver = await Receiver().start()
+    try:
+        await add_subscription(engine, "wh_notify", receiver.url)
+        s = settings(env, webhook_allowlist="127.0.0.1/32", delivery_poll_interval=60)
+        stop = asyncio.Event()
+        client = make_client(s)
+        task = asyncio.create_task(DeliveryWorker(s, engine, client).run(stop))
+        await asyncio.sleep(1.0)  # the worker is now idle, waiting
+        row = outbox_row("wh_notify", "alert.fired", b"{}", None)
+        async with engine.begin() as conn:
+            await conn.execute(insert(deliveries).values(row))
+            await notify_outbox(conn)
+        [req] = await receiver.wait_for(1, timeout=30)
+        assert req.headers["webhook-id"] == row["id"]
+        stop.set()
+        await task
+        await client.aclose()
+    finally:
+        await receiver.stop()
