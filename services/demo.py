@@ -201,9 +201,10 @@ def _stopped(b: _Builder) -> None:
         onboarding_completed_at=b.day(HISTORY_DAYS + 270).isoformat(),
     )
     b.contact("champ", HISTORY_DAYS, role="champion", name="Yolanda")
-    b.usage(range(HISTORY_DAYS, 16, -1), 28, per_day=0.9, features=KEY_FEATURES, weekends=True)
-    b.talk("champ", range(HISTORY_DAYS, 20, -1), 5, sentiment=0.5)
-    b.talk("champ", range(15, -1, -1), 5, direction="outbound")
+    # daily use until a month ago, then nothing: the call nobody made
+    b.usage(range(HISTORY_DAYS, 31, -1), 28, per_day=0.9, features=KEY_FEATURES, weekends=True)
+    b.talk("champ", range(HISTORY_DAYS, 35, -1), 5, sentiment=0.5)
+    b.talk("champ", range(30, -1, -1), 5, direction="outbound")
     b.nps("champ", 60, 8)
 
 
@@ -252,8 +253,9 @@ def _detractor(b: _Builder, i: int) -> None:
     )
     b.contact("champ", HISTORY_DAYS, role="champion", name="Dee Tractor")
     b.contact("cto", HISTORY_DAYS, role="decision_maker", name="Cole CTO")
-    b.usage(range(HISTORY_DAYS, -1, -1), 40, per_day=0.35, features=("dashboard", "report"))
-    b.usage(range(34, -1, -1), 40, per_day=0.1, features=("dashboard",))
+    # broad use at first; after the escalations only a handful of people log in
+    b.usage(range(HISTORY_DAYS, 40, -1), 40, per_day=0.5, features=("dashboard", "report"))
+    b.usage(range(40, -1, -1), 8, per_day=0.3, features=("dashboard",))
     b.talk("champ", range(HISTORY_DAYS, -1, -1), 3, channel="support_ticket", sentiment=-0.6)
     b.talk("cto", range(25, -1, -1), 5, channel="support_ticket", sentiment=-0.8, escalation=True)
     for d, s in ((70, 4), (30, 2), (6, 1)):

@@ -109,7 +109,13 @@ class KeyStore:
             return ApiKey(id="bootstrap", name="bootstrap", scopes=frozenset(Scope))
         if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
             return None
-        digest = hash_key(raw)
+        return await self.verify_digest(hash_key(raw))
+
+    async def verify_digest(self, digest: str) -> ApiKey | None:
+        """The active key whose SHA-256 is ``digest`` (dashboard sessions carry the
+        digest, never the key)."""
+        if self.bootstrap_key and hmac.compare_digest(digest, hash_key(self.bootstrap_key)):
+            return ApiKey(id="bootstrap", name="bootstrap", scopes=frozenset(Scope))
         now = time.monotonic()
         hit = self._cache.get(digest)
         if hit is not None and now - hit[0] < CACHE_SECONDS:

@@ -520,14 +520,17 @@ async def replay_one(delivery_id: str, request: Request) -> dict[str, Any]:
 @router.get("/alerts")
 async def list_alerts(
     request: Request,
-    account_id: str | None = None,
+    account_id: Annotated[list[str] | None, Query(max_length=200)] = None,
     status: Literal["open", "resolved"] | None = None,
     rule_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
+    """Open and past alerts, newest first, each with a summary of its webhook
+    deliveries (``{"delivered": n, "pending": n, "failed": n, ...}``).
+    ``account_id`` may be repeated."""
     q = select(alerts)
     if account_id:
-        q = q.where(alerts.c.account_id == account_id)
+        q = q.where(alerts.c.account_id.in_(account_id))
     if status:
         q = q.where(alerts.c.status == status)
     if rule_id:
@@ -535,6 +538,15 @@ async def list_alerts(
     q = q.order_by(alerts.c.fired_at.desc()).limit(limit)
     async with _engine(request).connect() as conn:
         rows = (await conn.execute(q)).all()
+        summary: dict[str, dict[str, int]] = {}
+        if rows:
+            counts = await conn.execute(
+                select(deliveries.c.alert_id, deliveries.c.status, func.count())
+                .where(deliveries.c.alert_id.in_([r.id for r in rows]))
+                .group_by(deliveries.c.alert_id, deliveries.c.status)
+            )
+            for alert_id, state, n in counts:
+                summary.setdefault(alert_id, {})[state] = int(n)
     return {
         "alerts": [
             {
@@ -550,6 +562,7 @@ async def list_alerts(
                 "resolved_at": _iso(r.resolved_at),
                 "resolved_value": r.resolved_value,
                 "snapshot": r.snapshot,
+                "deliveries": summary.get(r.id, {}),
             }
             for r in rows
         ]

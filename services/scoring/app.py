@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import sys
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from services.scoring import store
 from services.scoring.api import router
 from services.scoring.consumer import new_producer, run_consumer
+from services.scoring.dashboard.data import ReadModelData
+from services.scoring.dashboard.routes import dashboard_router, mount_static
 from services.scoring.score_model import ModelError, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.sweep import run_sweeper
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -> FastAPI:
+    bands = _bands(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_url)
@@ -36,9 +42,19 @@ def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -
         app.state.keys = KeyStore(engine, settings.bootstrap_key)
         app.state.pool = await store.create_pool(settings.database_url, size=4)
         app.state.clock = settings.clock()
+        http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False)
+        app.state.dashboard = ReadModelData(
+            app.state.pool,
+            app.state.clock,
+            bands,
+            settings.alerts_url,
+            settings.alerts_key or settings.bootstrap_key,
+            http,
+        )
         try:
             yield
         finally:
+            await http.aclose()
             await app.state.pool.close()
             await engine.dispose()
 
@@ -57,7 +73,18 @@ def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -
         app, "scoring", {"database": database_ok, "broker": broker_ok, "consumer": consumer_ok}
     )
     app.include_router(router)
+    secret = (settings.session_secret or secrets.token_hex(32)).encode()
+    app.include_router(dashboard_router(secret))
+    mount_static(app)
     return app
+
+
+def _bands(settings: ScoringSettings) -> tuple[float, float]:
+    try:
+        model = load_model(settings.score_model)
+    except ModelError:
+        return (70.0, 40.0)  # run() refuses to start with a bad model anyway
+    return model.bands.green, model.bands.yellow
 
 
 def run(host: str, port: int) -> int:

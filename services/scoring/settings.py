@@ -22,6 +22,21 @@ class ScoringSettings(CommonSettings):
     score_model: Path | None = Field(
         default=None, description="Score model YAML (default: the shipped model)."
     )
+    session_secret: str | None = Field(
+        default=None,
+        min_length=32,
+        description="Signs dashboard login cookies; set the same value on every scoring "
+        "replica (default: random per process, so a restart logs everyone out).",
+    )
+    alerts_url: str | None = Field(
+        default="http://127.0.0.1:8002",
+        description="The alerts service, for alerts shown on the dashboard.",
+    )
+    alerts_key: str | None = Field(
+        default=None,
+        description="A key with the admin scope that the dashboard uses to read alerts "
+        "(default: the bootstrap key).",
+    )
     # Test-only clock controls (SPEC §4 "one clock tests can control"): never set
     # them in production.
     now: AwareDatetime | None = Field(

@@ -85,7 +85,8 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v * 100:.0f}%"
 
 
-def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
+def dashboard_router(secret: bytes) -> APIRouter:
+    """The pages; their data comes from ``app.state.dashboard`` (a DashboardData)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.globals.update(fmt=_fmt, pct=_pct)
@@ -157,7 +158,7 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
             "sort": sort,
         }
         try:
-            items, next_cursor = await data.list_accounts(
+            items, next_cursor = await _data(request).list_accounts(
                 band=q["band"] or None,
                 csm=q["csm"] or None,
                 lifecycle_stage=q["lifecycle_stage"] or None,
@@ -166,7 +167,7 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
                 cursor=cursor or None,
             )
         except ValueError:  # a stale or tampered cursor: start over
-            items, next_cursor = await data.list_accounts(
+            items, next_cursor = await _data(request).list_accounts(
                 band=q["band"] or None,
                 csm=q["csm"] or None,
                 lifecycle_stage=q["lifecycle_stage"] or None,
@@ -175,8 +176,8 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
                 cursor=None,
             )
         ids = [a["account_id"] for a in items]
-        series = await data.score_series(ids, SPARK_DAYS)
-        alerts = await data.alerts(ids)
+        series = await _data(request).score_series(ids, SPARK_DAYS)
+        alerts = await _data(request).alerts(ids)
         for a in items:
             a["spark"] = charts.sparkline(
                 series.get(a["account_id"], []),
@@ -199,7 +200,7 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
             {
                 "accounts": items,
                 "q": q,
-                "choices": await data.choices(),
+                "choices": await _data(request).choices(),
                 "logged_in": True,
                 "sort_link": lambda s: link(sort=s),
                 "next_link": link(cursor=next_cursor) if next_cursor else None,
@@ -211,13 +212,13 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
     async def account(request: Request, account_id: str) -> Response:
         if not await current_key(request):
             return to_login(request)
-        h = await data.health(account_id)
+        h = await _data(request).health(account_id)
         if h is None:
             return templates.TemplateResponse(
                 request, "base.html", {"logged_in": True}, status_code=404
             )
-        green, yellow = data.bands()
-        hist = await data.history(account_id, HISTORY_DAYS)
+        green, yellow = _data(request).bands()
+        hist = await _data(request).history(account_id, HISTORY_DAYS)
         days = [str(r["day"]) for r in hist]
         history_chart = charts.history_chart(
             [charts.Point(str(r["day"]), r.get("score")) for r in hist], green=green, yellow=yellow
@@ -260,12 +261,12 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
         changes_from = qp.get("from") or str(today - timedelta(days=7))
         changes_to = qp.get("to") or str(today)
         try:
-            changes = await data.changes(
+            changes = await _data(request).changes(
                 account_id, date.fromisoformat(changes_from), date.fromisoformat(changes_to)
             )
         except ValueError as exc:
             changes = {"error": f"cannot compare: {exc}"}
-        stakeholders = await data.stakeholders(account_id, HEATMAP_WEEKS)
+        stakeholders = await _data(request).stakeholders(account_id, HEATMAP_WEEKS)
         weeks = _week_labels(stakeholders, today)
         heat = charts.heatmap(
             [
@@ -286,7 +287,7 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
             ],
             weeks,
         )
-        alerts = await data.alerts([account_id])
+        alerts = await _data(request).alerts([account_id])
         return templates.TemplateResponse(
             request,
             "account.html",
@@ -310,6 +311,11 @@ def dashboard_router(data: DashboardData, secret: bytes) -> APIRouter:
         )
 
     return router
+
+
+def _data(request: Request) -> DashboardData:
+    data: DashboardData = request.app.state.dashboard
+    return data
 
 
 def mount_static(app: Any) -> None:

@@ -1,0 +1,330 @@
+"""The scoring read model: the queries behind the read API (SPEC §6) and the
+dashboard. Plain async functions over the asyncpg pool; they return JSON-ready
+dicts and raise :class:`NotFound` / :class:`BadQuery` — the HTTP layer (api.py)
+and the dashboard translate those."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any
+
+import orjson
+
+from services.scoring.store import unpack_measures
+
+# sort → (key expression, direction); nulls sort last in either direction
+SORTS: dict[str, tuple[str, str]] = {
+    "score": ("COALESCE(s.score, 1e9)", "ASC"),
+    "-score": ("COALESCE(s.score, -1e9)", "DESC"),
+    "delta": ("COALESCE(s.score_delta_7d, 1e9)", "ASC"),
+    "-delta": ("COALESCE(s.score_delta_7d, -1e9)", "DESC"),
+    "name": ("COALESCE(a.name, a.account_id)", "ASC"),
+    "-name": ("COALESCE(a.name, a.account_id)", "DESC"),
+}
+
+
+class NotFound(LookupError):
+    """The account (or the day asked for) does not exist."""
+
+
+class BadQuery(ValueError):
+    """A parameter is wrong; ``field`` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _encode_cursor(sort: str, key: Any, account_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([sort, key, account_id])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        s, key, account_id = orjson.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise BadQuery("cursor", "not a cursor from this API") from None
+    if s != sort or not isinstance(account_id, str):
+        raise BadQuery("cursor", "cursor belongs to another sort order")
+    if sort in ("name", "-name"):
+        if not isinstance(key, str):
+            raise BadQuery("cursor", "bad cursor")
+    elif not isinstance(key, int | float):
+        raise BadQuery("cursor", "bad cursor")
+    return key, account_id
+
+
+async def accounts_page(
+    pool: Any,
+    *,
+    band: str | None = None,
+    lifecycle_stage: str | None = None,
+    csm: str | None = None,
+    sort: str = "score",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Accounts with score, band, 7-day delta and last activity; keyset-paginated."""
+    expr, direction = SORTS[sort]
+    where = ["TRUE"]
+    args: list[Any] = []
+    if band:
+        args.append(band)
+        where.append(f"s.band = ${len(args)}")
+    if lifecycle_stage:
+        args.append(lifecycle_stage)
+        where.append(f"a.lifecycle_stage = ${len(args)}")
+    if csm:
+        args.append(csm)
+        where.append(f"a.csm = ${len(args)}")
+    if cursor:
+        key, after = _decode_cursor(cursor, sort)
+        cast = "text" if sort in ("name", "-name") else "float8"
+        args += [key, after]
+        op = ">" if direction == "ASC" else "<"
+        where.append(f"({expr}, a.account_id) {op} (${len(args) - 1}::{cast}, ${len(args)})")
+    args.append(limit + 1)
+    rows = await pool.fetch(
+        f"""SELECT a.account_id, a.name, a.lifecycle_stage, a.csm, s.score, s.band,
+                   s.score_delta_7d, s.as_of, s.kpis->'days_since_last_activity' AS idle,
+                   {expr} AS sort_key
+            FROM scoring_scores s JOIN scoring_accounts a ON a.account_id = s.account_id
+            WHERE {" AND ".join(where)}
+            ORDER BY {expr} {direction}, a.account_id {direction}
+            LIMIT ${len(args)}""",
+        *args,
+    )
+    page = rows[:limit]
+    items = []
+    for r in page:
+        idle = r["idle"]
+        items.append(
+            {
+                "account_id": r["account_id"],
+                "name": r["name"],
+                "lifecycle_stage": r["lifecycle_stage"],
+                "csm": r["csm"],
+                "score": r["score"],
+                "band": r["band"],
+                "score_delta_7d": r["score_delta_7d"],
+                "as_of": r["as_of"].isoformat(),
+                "days_since_last_activity": idle,
+                "last_activity_day": (
+                    None if idle is None else (r["as_of"] - timedelta(days=int(idle))).isoformat()
+                ),
+            }
+        )
+    next_cursor = (
+        _encode_cursor(sort, page[-1]["sort_key"], page[-1]["account_id"])
+        if len(rows) > limit
+        else None
+    )
+    return {"accounts": items, "next_cursor": next_cursor}
+
+
+async def _require_account(pool: Any, account_id: str) -> None:
+    if not await pool.fetchval("SELECT 1 FROM scoring_accounts WHERE account_id = $1", account_id):
+        raise NotFound(f"unknown account {account_id!r}")
+
+
+async def health(pool: Any, account_id: str) -> dict[str, Any]:
+    """The current score with its explanation (SPEC §6 shape)."""
+    r = await pool.fetchrow("SELECT * FROM scoring_scores WHERE account_id = $1", account_id)
+    if r is None:
+        raise NotFound(f"unknown account {account_id!r}")
+    name = await pool.fetchval(
+        "SELECT name FROM scoring_accounts WHERE account_id = $1", account_id
+    )
+    return {
+        "account_id": r["account_id"],
+        "account_name": name,
+        "as_of": r["as_of"].isoformat(),
+        "score": r["score"],
+        "band": r["band"],
+        "score_delta_7d": r["score_delta_7d"],
+        "coverage": r["coverage"],
+        "model_version": r["model_version"],
+        "in_grace_period": r["in_grace_period"],
+        "kpis": r["kpis"],
+        "measures": [
+            {k: m[k] for k in ("kpi", "value", "points", "weight", "contribution", "left_on_table")}
+            for m in unpack_measures(r["measures"], r["kpis"])
+        ],
+    }
+
+
+async def history(pool: Any, account_id: str, today: date, days: int) -> dict[str, Any]:
+    """One row per day for the last ``days`` days (days never evaluated are absent)."""
+    await _require_account(pool, account_id)
+    rows = await pool.fetch(
+        """SELECT day, score, band, kpis, model_version FROM scoring_history
+           WHERE account_id = $1 AND day > $2::date - $3::int AND day <= $2::date
+           ORDER BY day""",
+        account_id,
+        today,
+        days,
+    )
+    return {
+        "account_id": account_id,
+        "history": [
+            {
+                "day": r["day"].isoformat(),
+                "score": r["score"],
+                "band": r["band"],
+                "model_version": r["model_version"],
+                "kpis": r["kpis"],
+            }
+            for r in rows
+        ],
+    }
+
+
+async def changes(pool: Any, account_id: str, from_day: date, to_day: date) -> dict[str, Any]:
+    """Why the score moved between two days: per-measure contribution deltas."""
+    if from_day > to_day:
+        raise BadQuery("from", "from must not be after to")
+    await _require_account(pool, account_id)
+    rows = await pool.fetch(
+        """SELECT day, score, band, model_version, kpis, measures FROM scoring_history
+           WHERE account_id = $1 AND day = ANY($2::date[])""",
+        account_id,
+        [from_day, to_day],
+    )
+    by_day = {r["day"]: r for r in rows}
+    missing = [d.isoformat() for d in (from_day, to_day) if d not in by_day]
+    if missing:
+        raise NotFound(f"no score history for {account_id!r} on {', '.join(missing)}")
+    a, b = by_day[from_day], by_day[to_day]
+    ma = {m["kpi"]: m for m in unpack_measures(a["measures"], a["kpis"])}
+    mb = {m["kpi"]: m for m in unpack_measures(b["measures"], b["kpis"])}
+    measures = []
+    for kpi in list(ma) + [k for k in mb if k not in ma]:
+        x, y = ma.get(kpi, {}), mb.get(kpi, {})
+        ca, cb = x.get("contribution", 0.0), y.get("contribution", 0.0)
+        measures.append(
+            {
+                "kpi": kpi,
+                "value_from": x.get("value"),
+                "value_to": y.get("value"),
+                "points_from": x.get("points"),
+                "points_to": y.get("points"),
+                "contribution_from": ca,
+                "contribution_to": cb,
+                "contribution_delta": round(cb - ca, 4),
+            }
+        )
+    measures.sort(key=lambda m: -abs(m["contribution_delta"]))
+    score_change = (
+        None if a["score"] is None or b["score"] is None else round(b["score"] - a["score"], 2)
+    )
+    return {
+        "account_id": account_id,
+        "from": from_day.isoformat(),
+        "to": to_day.isoformat(),
+        "score_from": a["score"],
+        "score_to": b["score"],
+        "score_change": score_change,
+        "band_from": a["band"],
+        "band_to": b["band"],
+        "model_changed": a["model_version"] != b["model_version"],
+        "model_version_from": a["model_version"],
+        "model_version_to": b["model_version"],
+        "measures": measures,
+    }
+
+
+async def stakeholders(pool: Any, account_id: str, today: date, weeks: int) -> dict[str, Any]:
+    """Per contact: role, last inbound/outbound day, touches per ISO week (Monday
+    start) in each direction, oldest week first — the relationship heatmap."""
+    await _require_account(pool, account_id)
+    this_monday = today - timedelta(days=today.weekday())
+    week_starts = [this_monday - timedelta(weeks=i) for i in range(weeks - 1, -1, -1)]
+    contacts = await pool.fetch(
+        """SELECT c.contact_id, c.name, c.email, c.role, c.left_company,
+             (SELECT max(day) FROM scoring_contact_days d WHERE d.account_id = c.account_id
+                AND d.contact_id = c.contact_id AND d.inbound > 0) AS last_inbound_day,
+             (SELECT max(day) FROM scoring_contact_days d WHERE d.account_id = c.account_id
+                AND d.contact_id = c.contact_id AND d.outbound > 0) AS last_outbound_day
+           FROM scoring_contacts c WHERE c.account_id = $1 ORDER BY c.contact_id""",
+        account_id,
+    )
+    touches = await pool.fetch(
+        """SELECT contact_id, date_trunc('week', day)::date AS week,
+                  sum(inbound) AS inbound, sum(outbound) AS outbound
+           FROM scoring_contact_days
+           WHERE account_id = $1 AND day >= $2::date AND day <= $3::date
+           GROUP BY contact_id, week""",
+        account_id,
+        week_starts[0],
+        today,
+    )
+    index = {w: i for i, w in enumerate(week_starts)}
+    grid: dict[str, tuple[list[int], list[int]]] = {}
+    for t in touches:
+        inbound, outbound = grid.setdefault(t["contact_id"], ([0] * weeks, [0] * weeks))
+        i = index.get(t["week"])
+        if i is not None:
+            inbound[i] += int(t["inbound"])
+            outbound[i] += int(t["outbound"])
+    out = []
+    for c in contacts:
+        inbound, outbound = grid.get(c["contact_id"], ([0] * weeks, [0] * weeks))
+        out.append(
+            {
+                "contact_id": c["contact_id"],
+                "name": c["name"],
+                "email": c["email"],
+                "role": c["role"],
+                "left_company": c["left_company"],
+                "last_inbound_day": _iso(c["last_inbound_day"]),
+                "last_outbound_day": _iso(c["last_outbound_day"]),
+                "inbound_per_week": inbound,
+                "outbound_per_week": outbound,
+            }
+        )
+    return {
+        "account_id": account_id,
+        "weeks": [w.isoformat() for w in week_starts],
+        "contacts": out,
+    }
+
+
+async def score_series(
+    pool: Any, account_ids: Sequence[str], today: date, days: int
+) -> dict[str, list[float | None]]:
+    """Daily scores of several accounts over the last ``days`` days, oldest first
+    (None where a day has no score): the dashboard's sparklines, one query."""
+    if not account_ids:
+        return {}
+    rows = await pool.fetch(
+        """SELECT account_id, day, score FROM scoring_history
+           WHERE account_id = ANY($1::text[]) AND day > $2::date - $3::int AND day <= $2::date""",
+        list(account_ids),
+        today,
+        days,
+    )
+    first = today - timedelta(days=days - 1)
+    out: dict[str, list[float | None]] = {a: [None] * days for a in account_ids}
+    for r in rows:
+        out[r["account_id"]][(r["day"] - first).days] = r["score"]
+    return out
+
+
+async def choices(pool: Any) -> dict[str, list[str]]:
+    """The CSMs and lifecycle stages present, for filter menus."""
+    csms = await pool.fetch(
+        "SELECT DISTINCT csm FROM scoring_accounts WHERE csm IS NOT NULL ORDER BY csm LIMIT 500"
+    )
+    stages = await pool.fetch(
+        "SELECT DISTINCT lifecycle_stage FROM scoring_accounts"
+        " WHERE lifecycle_stage IS NOT NULL ORDER BY lifecycle_stage"
+    )
+    return {"csms": [r["csm"] for r in csms], "stages": [r["lifecycle_stage"] for r in stages]}
+
+
+def _iso(d: date | None) -> str | None:
+    return None if d is None else d.isoformat()
