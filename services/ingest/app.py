@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -306,9 +306,10 @@ def _segment_message(plan: Plan, receipt: Receipt) -> Outgoing | Problem:
     return finalise(plan.index, event.__dict__, raw, receipt, new_uuid)
 
 
-def _count(by_type: Counter[str] | Iterable[tuple[str, int]], outcome: str) -> None:
-    items = by_type.items() if isinstance(by_type, Counter) else by_type
-    for t, n in items:
+def _count(by_type: Counter[str], outcome: str) -> None:
+    """Add to ``healthscore_ingest_events_total`` (types are catalogue types or
+    "unknown", so the labels stay bounded)."""
+    for t, n in by_type.items():
         if n:
             EVENTS.labels(t, outcome).inc(n)
 

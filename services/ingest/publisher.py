@@ -30,6 +30,8 @@ from services.ingest.validation import Outgoing
 from shared.events import Topic
 from shared.settings import Topics
 
+MAX_BACKLOG_BATCHES = 4  # full batches (≤ 1 MiB each) waiting per partition: bounded memory
+
 
 class PublishFailed(Exception):
     """The broker did not acknowledge every message in time."""
@@ -86,6 +88,8 @@ class Publisher:
             async with asyncio.timeout(self.timeout):
                 acks = await self._enqueue(messages)
                 await asyncio.gather(*acks)
+        except PublishFailed:
+            raise
         except (TimeoutError, Exception) as exc:
             raise PublishFailed(_describe(exc)) from exc
         PUBLISH_DURATION.observe(time.perf_counter() - start)
@@ -99,6 +103,12 @@ class Publisher:
             if parts is None:
                 parts = partitions[topic] = sorted(await self.producer.partitions_for(topic))
             groups[(topic, parts[self._hash(m.key) % len(parts)])].append(m)
+        for tp in groups:
+            part = self._partitions.get(tp)
+            if part is not None and len(part.full) >= MAX_BACKLOG_BATCHES:
+                # the broker is not taking batches: refuse now rather than queue
+                # without bound (all or nothing: nothing of this request queued)
+                raise PublishFailed("the broker is not keeping up; too many batches waiting")
         acks: set[asyncio.Future[None]] = set()
         loop = asyncio.get_running_loop()
         for tp, group in groups.items():

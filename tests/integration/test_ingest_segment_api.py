@@ -311,3 +311,31 @@ async def test_single_call_endpoints(client: httpx.AsyncClient, kind: str) -> No
     }
     r = await post(client, f"/v1/{kind}", body)
     assert r.status_code == 200 and r.json() == {"success": True, "rejected": []}
+
+
+def _metric(text: str, type_: str, outcome: str) -> float:
+    needle = f'healthscore_ingest_events_total{{outcome="{outcome}",type="{type_}"}} '
+    for line in text.splitlines():
+        if line.startswith(needle):
+            return float(line[len(needle) :])
+    return 0.0
+
+
+async def test_segment_items_are_counted_accepted_and_rejected(client: httpx.AsyncClient) -> None:
+    before = (await client.get("/metrics")).text
+    body = {
+        "batch": [
+            {"type": "page", "userId": "met-u", "context": {"groupId": "met-a"}},
+            {"type": "track", "userId": "met-nobody", "event": "Clicked"},  # no account
+            {"type": "bogus"},
+        ]
+    }
+    r = await post(client, "/v1/batch", body)
+    assert [x["index"] for x in r.json()["rejected"]] == [1, 2]
+    after = (await client.get("/metrics")).text
+    assert _metric(after, "login", "accepted") - _metric(before, "login", "accepted") == 1
+    delta_feature = _metric(after, "feature_used", "rejected") - _metric(
+        before, "feature_used", "rejected"
+    )
+    assert delta_feature == 1
+    assert _metric(after, "unknown", "rejected") - _metric(before, "unknown", "rejected") == 1
