@@ -217,6 +217,41 @@ async def test_default_rules_and_band_change_through_the_broker(
     assert "healthscore_webhook_outbox_pending" in metrics
 
 
+async def test_grace_period_and_lifecycle_through_the_broker(
+    alerts: ServiceProcess,
+    producer: AIOKafkaProducer,
+    receiver: Receiver,
+    alerts_env: dict[str, str],
+) -> None:
+    acct = account()
+    r = await api(
+        "PUT",
+        alerts.url,
+        f"/v1/rules/renewal-{acct}",
+        json={
+            "name": "Renewal at risk",
+            "kpi": "touchpoints_30d",
+            "op": "<",
+            "threshold": 3,
+            "lifecycle_stages": ["renewal"],
+        },
+    )
+    assert r.status_code == 200, r.text
+    await subscribe(alerts.url, receiver.url, acct, event_types=["alert.fired"])
+    t = topic(alerts_env)
+    in_grace = snapshot(acct, 1, nps=-50, touchpoints_30d=0, in_grace_period=True)
+    # stage "customer" (not renewal) and out of grace: only the NPS rule fires
+    await publish(producer, t, in_grace, snapshot(acct, 2, nps=-50, touchpoints_30d=0))
+    [req] = await receiver.wait_for(1)
+    body = orjson.loads(req.body)
+    assert body["data"]["rule"]["id"] == "negative-nps"
+    r = await api("GET", alerts.url, "/v1/alerts", params={"account_id": acct})
+    [alert] = r.json()["alerts"]
+    assert alert["snapshot"]["revision"] == 2  # not on the grace-period snapshot
+    await asyncio.sleep(1.0)
+    assert len(receiver.requests) == 1
+
+
 async def test_failing_receiver_gets_the_same_webhook_id_until_it_succeeds(
     alerts: ServiceProcess, producer: AIOKafkaProducer, alerts_env: dict[str, str]
 ) -> None:
@@ -439,6 +474,7 @@ async def test_kill_9_between_alert_and_delivery_delivers_once_after_restart(
         assert {x.headers["webhook-id"] for x in got} == {r["id"] for r in ids}
         n = await conn.fetchval("SELECT count(*) FROM alerts WHERE account_id = $1", acct)
         assert n == 1
+        assert alerts.stop() == 0  # SIGTERM: workers finish and the process exits cleanly
     finally:
         await conn.close()
         await receiver.stop()
