@@ -231,7 +231,8 @@ def heatmap(rows: Sequence[HeatRow], weeks: Sequence[str], *, cell: int = 18) ->
     top_in = max((v for r in rows for v in r.inbound), default=0) or 1
     top_out = max((v for r in rows for v in r.outbound), default=0) or 1
     parts = [
-        f'<svg class="chart heatmap" viewBox="0 0 {width} {height}" role="img" '
+        f'<svg class="chart heatmap" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="relationship heatmap: stakeholders by week"><title>Relationship '
         f"heatmap (inbound top, outbound bottom)</title>"
     ]
