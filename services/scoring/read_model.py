@@ -136,12 +136,8 @@ async def health(pool: Any, account_id: str) -> dict[str, Any]:
     r = await pool.fetchrow("SELECT * FROM scoring_scores WHERE account_id = $1", account_id)
     if r is None:
         raise NotFound(f"unknown account {account_id!r}")
-    name = await pool.fetchval(
-        "SELECT name FROM scoring_accounts WHERE account_id = $1", account_id
-    )
     return {
         "account_id": r["account_id"],
-        "account_name": name,
         "as_of": r["as_of"].isoformat(),
         "score": r["score"],
         "band": r["band"],
@@ -155,6 +151,13 @@ async def health(pool: Any, account_id: str) -> dict[str, Any]:
             for m in unpack_measures(r["measures"], r["kpis"])
         ],
     }
+
+
+async def account_name(pool: Any, account_id: str) -> str | None:
+    name: str | None = await pool.fetchval(
+        "SELECT name FROM scoring_accounts WHERE account_id = $1", account_id
+    )
+    return name
 
 
 async def history(pool: Any, account_id: str, today: date, days: int) -> dict[str, Any]:

@@ -78,9 +78,10 @@ class ReadModelData:
 
     async def health(self, account_id: str) -> dict[str, Any] | None:
         try:
-            return await read_model.health(self.pool, account_id)
+            h = await read_model.health(self.pool, account_id)
         except read_model.NotFound:
             return None
+        return h | {"account_name": await read_model.account_name(self.pool, account_id)}
 
     async def history(self, account_id: str, days: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = (
