@@ -27,36 +27,67 @@ def _exit(code: int) -> None:
     raise typer.Exit(code)
 
 
-def _run_service(name: str, host: str, port: int) -> None:
+def _run_service(name: str, host: str | None, port: int | None) -> None:
+    """Run one service; ``--host``/``--port`` win over HEALTHSCORE_<SERVICE>_HOST/_PORT."""
     from shared.migrate import NotMigrated
 
     try:
+        settings: CommonSettings
         if name == "ingest":
             from services.ingest.app import run
+            from services.ingest.settings import IngestSettings
+
+            settings = IngestSettings()
         elif name == "scoring":
             from services.scoring.app import run
+            from services.scoring.settings import ScoringSettings
+
+            settings = ScoringSettings()
         else:
             from services.alerts.app import run
-        _exit(run(host, port))
+            from services.alerts.settings import AlertsSettings
+
+            settings = AlertsSettings()
+        default_host, default_port = settings.host, settings.port
+        _exit(run(host or default_host, port or default_port))
     except NotMigrated as exc:
         typer.echo(f"healthscore {name}: {exc}", err=True)
         _exit(2)
+    except (OSError, TimeoutError) as exc:  # database or broker unreachable at start
+        typer.echo(
+            f"healthscore {name}: cannot start: {exc!r} — is DATABASE_URL / "
+            "KAFKA_BOOTSTRAP_SERVERS right and reachable?",
+            err=True,
+        )
+        _exit(2)
+
+
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Interface to listen on (default: HEALTHSCORE_<SERVICE>_HOST, else 0.0.0.0)."
+    ),
+]
+PortOption = Annotated[
+    int | None,
+    typer.Option(help="Port (default: HEALTHSCORE_<SERVICE>_PORT, else 8000/8001/8002)."),
+]
 
 
 @app.command()
-def ingest(host: HostOpt = "0.0.0.0", port: int = 8000) -> None:
+def ingest(host: HostOption = None, port: PortOption = None) -> None:
     """Run the ingest service (HTTP event API → Kafka)."""
     _run_service("ingest", host, port)
 
 
 @app.command()
-def scoring(host: HostOpt = "0.0.0.0", port: int = 8001) -> None:
-    """Run the scoring service (Kafka → windows, KPIs, scores; read API)."""
+def scoring(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the scoring service (Kafka → windows, KPIs, scores; read API and dashboard)."""
     _run_service("scoring", host, port)
 
 
 @app.command()
-def alerts(host: HostOpt = "0.0.0.0", port: int = 8002) -> None:
+def alerts(host: HostOption = None, port: PortOption = None) -> None:
     """Run the alerts service (health snapshots → rules → signed webhooks)."""
     _run_service("alerts", host, port)
 

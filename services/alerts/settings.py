@@ -14,7 +14,9 @@ DEFAULT_RULES_FILE = Path(__file__).resolve().parent / "default_rules.yaml"
 class AlertsSettings(CommonSettings):
     host: str = Field(default="0.0.0.0", validation_alias="HEALTHSCORE_ALERTS_HOST")
     port: int = Field(default=8002, validation_alias="HEALTHSCORE_ALERTS_PORT")
-    consumer_group: str = "healthscore-alerts"
+    consumer_group: str = Field(
+        default="healthscore-alerts", validation_alias="HEALTHSCORE_ALERTS_CONSUMER_GROUP"
+    )
     health_batch_max: int = Field(default=1000, ge=1, le=100_000)
     webhook_allowlist: str = Field(
         default="", description="Comma-separated hosts or CIDRs allowed despite the SSRF guard."

@@ -84,3 +84,53 @@ def test_service_refuses_an_unmigrated_database(infra: object, env: dict[str, st
     with pytest.raises(RuntimeError, match="healthscore migrate"):
         svc.start(timeout=30)
     svc.stop()
+
+
+def test_port_and_host_come_from_the_environment_without_flags(env: dict[str, str]) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from shared.embedded import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "alerts"],
+        env=os.environ
+        | env
+        | {"HEALTHSCORE_ALERTS_PORT": str(port), "HEALTHSCORE_ALERTS_HOST": "127.0.0.1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        status = None
+        for _ in range(300):
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert status == 200
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_unreachable_database_is_a_clear_error(env: dict[str, str]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = env | {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nope"}
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "ingest", "--port", "0"],
+        env=os.environ | bad,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "cannot start" in out.stderr and "DATABASE_URL" in out.stderr
+    assert "Traceback" not in out.stderr
