@@ -159,8 +159,8 @@ def test_config_map_names_only_settings_the_services_read() -> None:
     assert set(data) - setting_env_vars() == set(), "ConfigMap keys no service reads"
     assert set(secret) - setting_env_vars() == set(), "Secret keys no service reads"
     assert not set(data) & set(secret)
-    # scoring and alerts share this ConfigMap: one consumer group for both would be wrong
-    assert "HEALTHSCORE_CONSUMER_GROUP" not in data
+    # every scoring replica must sign dashboard sessions with the same secret
+    assert "HEALTHSCORE_SESSION_SECRET" in secret
 
 
 def test_service_monitor_selects_the_services() -> None:
