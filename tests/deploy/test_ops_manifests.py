@@ -148,9 +148,14 @@ def test_migration_job_runs_healthscore_migrate_once() -> None:
 
 def test_secret_is_an_example_with_placeholders_only() -> None:
     secret = _by_kind("Secret")["healthscore-secrets"]
-    assert set(secret["stringData"]) == {"DATABASE_URL", "HEALTHSCORE_BOOTSTRAP_KEY"}
+    assert set(secret["stringData"]) == {
+        "DATABASE_URL",
+        "HEALTHSCORE_BOOTSTRAP_KEY",
+        "HEALTHSCORE_SESSION_SECRET",
+    }
     assert all("CHANGE_ME" in v for v in secret["stringData"].values())
     assert len(secret["stringData"]["HEALTHSCORE_BOOTSTRAP_KEY"]) >= 16  # settings would refuse it
+    assert len(secret["stringData"]["HEALTHSCORE_SESSION_SECRET"]) >= 32
 
 
 def test_config_map_names_only_settings_the_services_read() -> None:
