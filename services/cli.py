@@ -144,6 +144,13 @@ def demo(
         bool, typer.Option(help="Keep sending current activity after the backfill.")
     ] = False,
     scale: Annotated[int, typer.Option(min=1, max=20, help="Multiply the number of accounts.")] = 1,
+    scoring_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Scoring service: wait until it consumed the backfill, then rescore 90 days "
+            "of history (needs DATABASE_URL)."
+        ),
+    ] = None,
 ) -> None:
     """Generate demo traffic: ~25 accounts with stories and 90 days of history."""
     from services.demo import run_demo
@@ -153,7 +160,7 @@ def demo(
         _exit(2)
     assert key is not None
     with contextlib.suppress(KeyboardInterrupt):
-        run_demo(ingest_url, key, live=live, scale=scale)
+        run_demo(ingest_url, key, live=live, scale=scale, scoring_url=scoring_url)
 
 
 @keys_app.command("create")

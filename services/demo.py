@@ -427,10 +427,56 @@ def live_events(stories: list[Story], now: datetime, rng: random.Random) -> list
     return out
 
 
+def consumed_events(scoring_url: str) -> float:
+    """Events the scoring service has consumed so far (applied, duplicate or
+    dead-lettered), read from its ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{scoring_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "healthscore_scoring_events_total"
+    )
+
+
+def rescore_backfill(
+    scoring_url: str, since: float, sent: int, say: Any, timeout: float = 600
+) -> None:
+    """Wait until scoring has consumed the backfill, then recompute 90 days of history
+    from the windows (a backfill changes past days; live scoring writes only today).
+    Needs DATABASE_URL, like ``healthscore rescore``."""
+    import asyncio
+
+    from services.scoring.rescore import rescore
+    from services.scoring.score_model import load_model
+    from services.scoring.settings import ScoringSettings
+
+    deadline = time.monotonic() + timeout
+    while consumed_events(scoring_url) - since < sent:
+        if time.monotonic() > deadline:
+            say("demo: scoring has not caught up; run `healthscore rescore --days 90` later")
+            return
+        time.sleep(1)
+    settings = ScoringSettings()
+    model = load_model(settings.score_model)
+    rows = asyncio.run(rescore(settings, HISTORY_DAYS, model, settings.clock()))
+    say(f"demo: history rescored ({rows:,} account-days)")
+
+
 def run_demo(
-    ingest_url: str, key: str, *, live: bool, scale: int = 1, say: Any = print, stop: Any = None
+    ingest_url: str,
+    key: str,
+    *,
+    live: bool,
+    scale: int = 1,
+    say: Any = print,
+    stop: Any = None,
+    scoring_url: str | None = None,
 ) -> int:
-    """Backfill every story, then (``live``) trickle current activity until ``stop()``."""
+    """Backfill every story, then (``live``) trickle current activity until ``stop()``.
+    With ``scoring_url`` (and DATABASE_URL), turn the backfill into daily history."""
     now = datetime.now(UTC)
     stories = build_stories(now, scale=scale)
     events = [e for s in stories for e in s.events]
@@ -440,10 +486,13 @@ def run_demo(
         f"({HISTORY_DAYS} days of history)"
     )
     started = time.monotonic()
+    before = consumed_events(scoring_url) if scoring_url else 0.0
     accepted = send(events, ingest_url, key)
     say(f"demo: {accepted:,} events accepted in {time.monotonic() - started:.1f} s")
     for s in stories:
-        say(f"  {s.account_id:<16} {s.story}")
+        say(f"  {s.account_id:<18} {s.story}")
+    if scoring_url:
+        rescore_backfill(scoring_url, before, accepted, say)
     rng = random.Random(99)
     with httpx.Client(timeout=30) as client:
         while live and not (stop and stop()):

@@ -138,7 +138,14 @@ def run_dev(opts: DevOptions) -> int:
         print("  Ctrl-C stops everything.", flush=True)
         if opts.demo:
             threading.Thread(
-                target=_demo, args=(f"{base}:{ports['ingest']}", key, lambda: stopping), daemon=True
+                target=_demo,
+                args=(
+                    f"{base}:{ports['ingest']}",
+                    f"{base}:{ports['scoring']}",
+                    key,
+                    lambda: stopping,
+                ),
+                daemon=True,
             ).start()
         else:
             print("  (tip: `make run DEMO=1` also generates demo traffic)", flush=True)
@@ -168,11 +175,11 @@ def run_dev(opts: DevOptions) -> int:
         _say("stopped")
 
 
-def _demo(ingest_url: str, key: str, stop: Callable[[], bool]) -> None:
+def _demo(ingest_url: str, scoring_url: str, key: str, stop: Callable[[], bool]) -> None:
     from services.demo import run_demo
 
     try:
-        run_demo(ingest_url, key, live=True, say=_say, stop=stop)
+        run_demo(ingest_url, key, live=True, say=_say, stop=stop, scoring_url=scoring_url)
     except Exception as exc:  # the stack keeps running; the demo is optional
         _say(f"demo traffic stopped: {exc}")
 
