@@ -8,8 +8,9 @@ crash or rebalance is skipped; client resends are dropped by event id (7 days).
 The Kafka commit is only a hint for tools.
 
 Snapshots are published after the commit (at least once): each committed score
-row carries ``revision`` and ``published_revision``; a snapshot not yet published
-(crash or broker failure in between) is republished by the sweeper.
+row carries ``revision`` and ``scoring_published`` the last revision published; a
+snapshot not yet published (crash or broker failure in between) is republished
+by the sweeper.
 """
 
 from __future__ import annotations

@@ -142,7 +142,8 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     assert quiet[-1].trigger == "sweep" and quiet[-1].kpis["days_since_last_activity"] == 10
     assert quiet[0].source_received_at is not None
     assert await stack.pool.fetchval(
-        "SELECT published_revision = revision FROM scoring_scores WHERE account_id = 'quiet'"
+        "SELECT p.revision = s.revision FROM scoring_scores s"
+        " JOIN scoring_published p USING (account_id) WHERE account_id = 'quiet'"
     )
 
     # a week later: score_delta_7d compares with the history row of 7 days before
@@ -156,7 +157,8 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     # that evaluation was committed but never published (no producer: as if the
     # broker failed); the next sweep republishes it at the same revision
     assert await stack.pool.fetchval(
-        "SELECT published_revision < revision FROM scoring_scores WHERE account_id = 'quiet'"
+        "SELECT p.revision < s.revision FROM scoring_scores s"
+        " JOIN scoring_published p USING (account_id) WHERE account_id = 'quiet'"
     )
     stack.clock.advance(timedelta(seconds=10))
     producer = new_producer(stack.settings)
@@ -166,7 +168,8 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     finally:
         await producer.stop()
     assert await stack.pool.fetchval(
-        "SELECT published_revision = revision FROM scoring_scores WHERE account_id = 'quiet'"
+        "SELECT p.revision = s.revision FROM scoring_scores s"
+        " JOIN scoring_published p USING (account_id) WHERE account_id = 'quiet'"
     )
     snaps = [
         HealthSnapshot.decode(m.value)  # type: ignore[attr-defined]

@@ -81,10 +81,16 @@ CREATE TABLE scoring_scores (
     score_delta_7d double precision, coverage double precision NOT NULL,
     model_version text NOT NULL, in_grace_period boolean NOT NULL,
     kpis json NOT NULL, measures json NOT NULL,
-    revision bigint NOT NULL, published_revision bigint NOT NULL DEFAULT 0,
+    revision bigint NOT NULL,
     CONSTRAINT pk_scoring_scores PRIMARY KEY (account_id));
 CREATE INDEX ix_scoring_scores_score ON scoring_scores (score);
 CREATE INDEX ix_scoring_scores_evaluated_at ON scoring_scores (evaluated_at);
+
+-- kept apart from the wide scoring_scores row: marking a snapshot published
+-- rewrites only this small row
+CREATE TABLE scoring_published (
+    account_id text NOT NULL, revision bigint NOT NULL,
+    CONSTRAINT pk_scoring_published PRIMARY KEY (account_id));
 
 CREATE TABLE scoring_history (
     account_id text NOT NULL, day date NOT NULL, evaluated_at timestamptz NOT NULL,
@@ -95,7 +101,7 @@ CREATE TABLE scoring_history (
 """
 
 TABLES = [
-    "scoring_history", "scoring_scores", "scoring_contact_days", "scoring_contacts",
+    "scoring_history", "scoring_published", "scoring_scores", "scoring_contact_days", "scoring_contacts",
     "scoring_feature_days", "scoring_user_days", "scoring_account_days", "scoring_accounts",
     "scoring_processed_events", "scoring_consumer_offsets",
 ]
