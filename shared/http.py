@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.metrics import HttpMetricsMiddleware, metrics_response
 
@@ -26,6 +27,28 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     return out
 
 
+class RejectNulMiddleware:
+    """400 for a NUL character anywhere in the path or query: PostgreSQL text cannot
+    hold one, so it would otherwise surface as a 500 deep in a query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope.get("path", "")
+            or b"%00" in scope.get("query_string", b"")
+            or b"\x00" in scope.get("query_string", b"")
+            or b"%00" in scope.get("raw_path", b"")
+        ):
+            response = JSONResponse(
+                {"detail": "NUL characters are not allowed in the path or query"}, status_code=400
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]) -> None:
     """Add the probes, ``/metrics``, request timing and error handlers to ``app``.
 
@@ -33,6 +56,7 @@ def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]
     ``broker``, ``consumer``…); ``/readyz`` answers 503 with each check's result
     when any fails.
     """
+    app.add_middleware(RejectNulMiddleware)
     app.add_middleware(HttpMetricsMiddleware, service=service)
 
     @app.get("/healthz", include_in_schema=False)
