@@ -181,19 +181,20 @@ class SurveyResponse(_EventBase):
         return self
 
 
-ACCOUNT_ATTRIBUTES = frozenset(
-    {
-        "name",
-        "seats_purchased",
-        "lifecycle_stage",
-        "onboarding_completed_at",
-        "plan",
-        "arr",
-        "renewal_date",
-        "csm",
-    }
+# The attributes a partial update may carry, in a fixed order (storage columns).
+ACCOUNT_ATTRIBUTE_NAMES: tuple[str, ...] = (
+    "name",
+    "seats_purchased",
+    "lifecycle_stage",
+    "onboarding_completed_at",
+    "plan",
+    "arr",
+    "renewal_date",
+    "csm",
 )
-CONTACT_ATTRIBUTES = frozenset({"role", "name", "email", "left_company"})
+CONTACT_ATTRIBUTE_NAMES: tuple[str, ...] = ("role", "name", "email", "left_company")
+ACCOUNT_ATTRIBUTES = frozenset(ACCOUNT_ATTRIBUTE_NAMES)
+CONTACT_ATTRIBUTES = frozenset(CONTACT_ATTRIBUTE_NAMES)
 
 Event = Annotated[
     Login

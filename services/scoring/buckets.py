@@ -22,7 +22,9 @@ from datetime import date, datetime
 from typing import Any
 
 from shared.events import (
+    ACCOUNT_ATTRIBUTE_NAMES,
     ACCOUNT_ATTRIBUTES,
+    CONTACT_ATTRIBUTE_NAMES,
     AccountUpdated,
     Communication,
     ContactUpdated,
@@ -47,18 +49,8 @@ DAY_COUNTERS: tuple[str, ...] = (
     "nps_detractors",
     "nps_responses",
 )
-ACCOUNT_ATTRS: tuple[str, ...] = (
-    "name",
-    "seats_purchased",
-    "lifecycle_stage",
-    "onboarding_completed_at",
-    "plan",
-    "arr",
-    "renewal_date",
-    "csm",
-)
-CONTACT_ATTRS: tuple[str, ...] = ("role", "name", "email", "left_company")
-assert set(ACCOUNT_ATTRS) == ACCOUNT_ATTRIBUTES
+ACCOUNT_ATTRS = ACCOUNT_ATTRIBUTE_NAMES  # storage column order
+CONTACT_ATTRS = CONTACT_ATTRIBUTE_NAMES
 
 
 @dataclass
