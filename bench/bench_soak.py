@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -20,6 +22,7 @@ from tests.infra import BOOTSTRAP_KEY
 RATE = 1_000  # events/s: sustainable by scoring on this machine, so lag must stay flat
 BATCH = 100
 SAMPLE_EVERY = 10.0
+RESULTS = Path(__file__).parent / "results"
 
 
 async def run(ctx: BenchContext) -> list[Row]:
@@ -61,6 +64,10 @@ async def run(ctx: BenchContext) -> list[Row]:
             await asyncio.sleep(max(0.0, tick - time.perf_counter()))
         for t in asyncio.as_completed(pending):
             failed += (await t).status_code != 202
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"soak-samples-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
+        json.dumps(samples, indent=1)
+    )
     per_minute = max(1, int(60 / SAMPLE_EVERY))
     first, last = samples[:per_minute], samples[-per_minute:]
     rows = [

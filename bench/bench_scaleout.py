@@ -1,0 +1,91 @@
+"""Scoring scale-out: the same preloaded events (12 partitions) drained by one
+scoring process, then by two in one consumer group; events/s from the first
+applied event to the last, read from the processes' own metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from bench.context import BenchContext, Row
+from bench.prom import scrape, total
+from shared.events import EVENT_ADAPTER, encode_event, normalise
+from shared.kafka import ensure_topics, make_producer
+from shared.settings import CommonSettings
+
+
+def _payloads(n: int, accounts: int) -> list[tuple[str, bytes]]:
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        acc = f"acct-{i % accounts}"
+        ev = EVENT_ADAPTER.validate_python(
+            {
+                "id": f"s{i}",
+                "type": "login" if i % 2 else "feature_used",
+                "account_id": acc,
+                "user_id": f"{acc}-u{i % 13}",
+                "timestamp": now - timedelta(minutes=i % 600),
+                **({} if i % 2 else {"feature": f"f{i % 7}"}),
+            }
+        )
+        out.append((acc, encode_event(normalise(ev, received_at=now, new_id=str(uuid.uuid4())))))
+    return out
+
+
+async def _drain(ctx: BenchContext, consumers: int, payloads: list[tuple[str, bytes]]) -> float:
+    url = await ctx.database(f"scaleout{consumers}")
+    prefix = ctx.topic_prefix()
+    env = ctx.env(url, prefix, HEALTHSCORE_TOPIC_PARTITIONS="12")
+    settings = CommonSettings(
+        _env_file=None,
+        **{  # type: ignore[call-arg]
+            "DATABASE_URL": url,
+            "KAFKA_BOOTSTRAP_SERVERS": ctx.infra.bootstrap,
+            "kafka_profile": ctx.infra.kafka_profile,
+            "topic_prefix": prefix,
+            "topic_partitions": 12,
+        },
+    )
+    await ensure_topics(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(settings.topics.product, value, key=key.encode())
+            for key, value in payloads
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    procs = [ctx.service("scoring", env) for _ in range(consumers)]
+    for p in procs:
+        p.start()
+    first: float | None = None
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        applied = sum(total(scrape(p.url), "healthscore_scoring_events_total") for p in procs)
+        if first is None and applied > 0:
+            first, first_count = time.perf_counter(), applied
+        if applied >= len(payloads):
+            break
+        await asyncio.sleep(0.25)
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    for p in procs:
+        p.stop()
+    return (len(payloads) - first_count) / elapsed if first and elapsed > 0 else float("nan")
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    n = 30_000 if ctx.quick else 100_000
+    payloads = _payloads(n, 1_000)
+    one = await _drain(ctx, 1, payloads)
+    two = await _drain(ctx, 2, payloads)
+    note = f"{n:,} preloaded events, 1k accounts, 12 partitions"
+    return [
+        Row("scaleout", "1 scoring process", one, "events/s", note),
+        Row("scaleout", "2 scoring processes (one group)", two, "events/s", note),
+        Row("scaleout", "speed-up 2 vs 1", two / one, "x", "2 cores shared with Postgres"),
+    ]
