@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import EmbeddedPostgres, TansuBroker, port_open
+from shared.embedded import EmbeddedPostgres, TansuBroker, die_with_parent, port_open
 from shared.kafka import ensure_topics
 from shared.migrate import upgrade
 from shared.settings import CommonSettings, KafkaProfile
@@ -45,12 +44,6 @@ class DevOptions:
 
 def _say(msg: str) -> None:
     print(f"[healthscore] {msg}", flush=True)
-
-
-def _die_with_parent() -> None:
-    """Child processes get SIGTERM if `healthscore dev` itself dies (Linux)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _bootstrap_key(data_dir: Path) -> str:
@@ -119,7 +112,7 @@ def run_dev(opts: DevOptions) -> int:
                     "--port",
                     str(ports[name]),
                 ],
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         if not _wait_ready(opts.host, ports, procs, lambda: stopping):
             return 1

@@ -11,6 +11,7 @@ start ours, and stop it explicitly (``pg_ctl -m fast stop``) on shutdown.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -26,6 +27,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+
+
+def die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies (Linux PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -286,6 +293,9 @@ class TansuBroker:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            # a broker whose owner died (kill -9 of dev or of a test run) would
+            # otherwise run on forever
+            preexec_fn=die_with_parent,
         )
         wait_for_port("127.0.0.1", self.port, 20, self.proc, what="tansu broker")
         return self
