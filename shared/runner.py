@@ -20,10 +20,33 @@ from dataclasses import dataclass, field
 
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import db
+from shared.kafka import ensure_topics
+from shared.migrate import check_migrated
+from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
 Worker = Callable[[asyncio.Event], Awaitable[None]]
+
+
+async def preflight(
+    settings: CommonSettings,
+    with_database: Callable[[AsyncEngine], Awaitable[None]] | None = None,
+) -> None:
+    """Before a service serves: the schema must be current (:class:`NotMigrated`
+    otherwise), ``with_database`` runs any start-up step of its own, and the topics
+    the service uses exist."""
+    engine = db.create_engine(settings.database_url, pool_size=1)
+    try:
+        await check_migrated(engine)
+        if with_database is not None:
+            await with_database(engine)
+    finally:
+        await engine.dispose()
+    await ensure_topics(settings)
 
 
 @dataclass

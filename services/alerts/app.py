@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.alerts.api import router
 from services.alerts.settings import AlertsSettings
 from shared import db
 from shared.auth import KeyStore
 from shared.http import install_common
-from shared.kafka import broker_reachable, ensure_topics
-from shared.migrate import check_migrated
+from shared.kafka import broker_reachable
 from shared.runner import WorkerStatus
 
 
@@ -70,22 +70,16 @@ def run(host: str, port: int) -> int:
     from services.alerts.delivery import DeliveryWorker, make_client
     from services.alerts.store import load_default_rules
     from shared.logs import setup_logging
-    from shared.runner import serve
+    from shared.runner import preflight, serve
 
     settings = AlertsSettings()
     setup_logging("alerts", settings.log_level, settings.log_format)
 
-    async def preflight() -> None:
-        engine = db.create_engine(settings.database_url, pool_size=1)
-        try:
-            await check_migrated(engine)
-            if settings.load_default_rules:
-                await load_default_rules(engine, settings.rules_file)
-        finally:
-            await engine.dispose()
-        await ensure_topics(settings)
+    async def default_rules(engine: AsyncEngine) -> None:
+        if settings.load_default_rules:
+            await load_default_rules(engine, settings.rules_file)
 
-    asyncio.run(preflight())
+    asyncio.run(preflight(settings, default_rules))
 
     # Both workers run on the main loop; the consumer wakes the delivery worker
     # through this event as soon as a batch with new outbox rows is committed.

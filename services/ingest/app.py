@@ -56,8 +56,7 @@ from shared import db
 from shared.auth import ApiKey, KeyStore, Scope, key_from_headers
 from shared.events import MAX_REQUEST_BYTES
 from shared.http import install_common
-from shared.kafka import broker_reachable, ensure_topics, make_producer
-from shared.migrate import check_migrated
+from shared.kafka import broker_reachable, make_producer
 
 SEGMENT_ROUTES = ("track", "identify", "group", "page", "screen", "alias")
 
@@ -389,21 +388,13 @@ def calm_garbage_collector() -> None:
 
 def run(host: str, port: int) -> int:
     from shared.logs import setup_logging
-    from shared.runner import serve
+    from shared.runner import preflight, serve
 
     keep_freed_memory()
     settings = IngestSettings()
     setup_logging("ingest", settings.log_level, settings.log_format)
 
-    async def preflight() -> None:
-        engine = db.create_engine(settings.database_url, pool_size=1)
-        try:
-            await check_migrated(engine)
-        finally:
-            await engine.dispose()
-        await ensure_topics(settings)
-
-    asyncio.run(preflight())
+    asyncio.run(preflight(settings))
     app = create_app(settings)
     calm_garbage_collector()
     return serve(app, host, port)

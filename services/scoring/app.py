@@ -25,8 +25,7 @@ from services.scoring.sweep import run_sweeper
 from shared import db
 from shared.auth import KeyStore
 from shared.http import install_common
-from shared.kafka import broker_reachable, ensure_topics
-from shared.migrate import check_migrated
+from shared.kafka import broker_reachable
 from shared.runner import WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ def _bands(settings: ScoringSettings) -> tuple[float, float]:
 
 def run(host: str, port: int) -> int:
     from shared.logs import setup_logging
-    from shared.runner import serve
+    from shared.runner import preflight, serve
 
     settings = ScoringSettings()
     setup_logging("scoring", settings.log_level, settings.log_format)
@@ -101,15 +100,7 @@ def run(host: str, port: int) -> int:
         return 2
     clock = settings.clock()
 
-    async def preflight() -> None:
-        engine = db.create_engine(settings.database_url, pool_size=1)
-        try:
-            await check_migrated(engine)
-        finally:
-            await engine.dispose()
-        await ensure_topics(settings)
-
-    asyncio.run(preflight())
+    asyncio.run(preflight(settings))
 
     async def workers(stop: asyncio.Event) -> None:
         """The consumer and the sweeper, sharing one pool and one producer; when

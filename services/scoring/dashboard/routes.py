@@ -157,24 +157,21 @@ def dashboard_router(secret: bytes) -> APIRouter:
             "lifecycle_stage": lifecycle_stage[:64],
             "sort": sort,
         }
+
+        async def page(at: str | None) -> tuple[list[dict[str, Any]], str | None]:
+            return await _data(request).list_accounts(
+                band=q["band"] or None,
+                csm=q["csm"] or None,
+                lifecycle_stage=q["lifecycle_stage"] or None,
+                sort=sort,
+                limit=PAGE_SIZE,
+                cursor=at,
+            )
+
         try:
-            items, next_cursor = await _data(request).list_accounts(
-                band=q["band"] or None,
-                csm=q["csm"] or None,
-                lifecycle_stage=q["lifecycle_stage"] or None,
-                sort=sort,
-                limit=PAGE_SIZE,
-                cursor=cursor or None,
-            )
+            items, next_cursor = await page(cursor or None)
         except ValueError:  # a stale or tampered cursor: start over
-            items, next_cursor = await _data(request).list_accounts(
-                band=q["band"] or None,
-                csm=q["csm"] or None,
-                lifecycle_stage=q["lifecycle_stage"] or None,
-                sort=sort,
-                limit=PAGE_SIZE,
-                cursor=None,
-            )
+            items, next_cursor = await page(None)
         ids = [a["account_id"] for a in items]
         series = await _data(request).score_series(ids, SPARK_DAYS)
         alerts = await _data(request).alerts(ids)
