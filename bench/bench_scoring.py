@@ -166,8 +166,8 @@ async def scoring_run(
             got = await pool.fetchval(
                 "SELECT COALESCE(sum(next_offset), 0) FROM scoring_consumer_offsets"
             )
-            if got >= target:
-                break
+            if got >= target and not await store.pending_accounts(pool, 1):
+                break  # every event applied and every touched account's score committed
             if task.done():
                 task.result()
             await asyncio.sleep(0.05)

@@ -1,6 +1,7 @@
 """The scoring consumer: batches from both event topics → one Postgres transaction
-(event-id dedup, window deltas, evaluation of every touched account, consumed
-offsets) → publish snapshots → Kafka commit.
+(event-id dedup, window deltas, consumed offsets) → Kafka commit; beside it the
+evaluator: pending accounts, oldest first → one transaction (window reads, KPIs,
+scores, history) → publish snapshots.
 
 Exactly-once effect: offsets live in Postgres next to the state they produced and
 the consumer seeks to them on every assignment, so a batch redelivered after a
@@ -21,6 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,9 +30,9 @@ import asyncpg  # type: ignore[import-untyped]  # no stubs published
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from services.scoring import store
-from services.scoring.buckets import fold
+from services.scoring.buckets import BatchDeltas, fold
 from services.scoring.clock import Clock
-from services.scoring.evaluation import Snapshot, evaluate_accounts
+from services.scoring.evaluation import Evaluation, Snapshot, evaluate_accounts
 from services.scoring.metrics import (
     BATCH_DURATION,
     BATCH_SIZE,
@@ -68,12 +70,16 @@ async def in_transaction(
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: AIOKafkaConsumer, pool: store.Pool) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, processor: BatchProcessor) -> None:
         self.consumer = consumer
-        self.pool = pool
+        self.processor = processor
+        self.pool = processor.pool
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Batches are applied atomically with their offsets: nothing half-done to flush.
+        # Batches are applied atomically with their offsets: nothing half-done to
+        # flush; the batch being applied finishes first (its errors are the loop's).
+        if self.processor.applying is not None:
+            await asyncio.wait([self.processor.applying])
         for tp in revoked:
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(tp.topic, str(tp.partition))
@@ -84,6 +90,7 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         for tp in assigned:
             if tp in stored:
                 self.consumer.seek(tp, stored[tp])
+        await self.processor.recover_pending()
 
 
 async def load_offsets(
@@ -140,8 +147,67 @@ def decode(raw: bytes | None) -> Event:
     return decode_event(raw)
 
 
+class Pending:
+    """Accounts whose windows took events that their score does not show yet, oldest
+    first, each with the receive times of those events (for the event→score
+    latency). The durable truth is ``applied_seq`` vs ``evaluated_seq`` in Postgres;
+    this is the in-process work list, refilled from there on every assignment."""
+
+    def __init__(self) -> None:
+        self._accounts: dict[str, list[float]] = {}
+        self.changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    def add(self, account: str, received: Sequence[float] = ()) -> None:
+        held = self._accounts.get(account)
+        if held is None:
+            self._accounts[account] = list(received)
+        else:
+            held.extend(received)
+        self.changed.set()
+
+    def take(self, limit: int) -> dict[str, list[float]]:
+        """The ``limit`` accounts waiting longest (removed from the list)."""
+        taken: dict[str, list[float]] = {}
+        for account in self._accounts:
+            if len(taken) == limit:
+                break
+            taken[account] = self._accounts[account]
+        for account in taken:
+            del self._accounts[account]
+        return taken
+
+    def restore(self, taken: dict[str, list[float]]) -> None:
+        """Put accounts back at the front (an evaluation that failed or lost a race)."""
+        for account, received in self._accounts.items():
+            taken.setdefault(account, []).extend(received)
+        self._accounts = taken
+        if taken:
+            self.changed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decoded batch, ready to apply."""
+
+    unique: dict[str, tuple[Event, str]]  # event id → (event, topic), first occurrence
+    deltas: BatchDeltas
+    offsets: dict[TopicPartition, int]  # next offset per partition
+    first: dict[TopicPartition, int]  # first offset per partition (fencing)
+    size: int
+    started: float
+
+
 class BatchProcessor:
-    """Applies consumed batches; owns nothing but references (pool, producer, clock)."""
+    """Applies consumed batches and evaluates the accounts they touched; owns
+    nothing but references (pool, producer, clock) and the pending work list.
+
+    Application and evaluation are decoupled: a batch's transaction applies its
+    events to the windows with its offsets; the evaluator evaluates pending
+    accounts, oldest first, in its own transactions, so an account that takes
+    events from several batches meanwhile is evaluated once for all of them."""
 
     def __init__(
         self,
@@ -156,7 +222,9 @@ class BatchProcessor:
         self.producer = producer
         self.model = model
         self.clock = clock
+        self.pending = Pending()
         self.published: dict[str, int] = {}  # sent, not yet recorded in Postgres
+        self.applying: asyncio.Task[dict[TopicPartition, int]] | None = None
 
     async def flush_published(self) -> None:
         published, self.published = self.published, {}
@@ -175,7 +243,14 @@ class BatchProcessor:
         )
 
     async def process(self, batches: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
-        """Apply one batch; returns the offsets to commit to Kafka."""
+        """Apply one batch (windows + offsets, one transaction) and add the accounts
+        it touched to the pending list; returns the offsets to commit to Kafka."""
+        return await self.apply(await self.prepare(batches))
+
+    async def prepare(self, batches: dict[TopicPartition, list[Any]]) -> Prepared:
+        """The CPU half of a batch, done while the previous batch is still being
+        applied: decode (dead-lettering what cannot be), drop in-batch duplicate
+        ids, fold into deltas."""
         started = time.perf_counter()
         events: list[tuple[Event, str]] = []
         offsets: dict[TopicPartition, int] = {}
@@ -207,65 +282,115 @@ class BatchProcessor:
                 unique[ev.id] = (ev, topic)
         for topic, n in in_batch_duplicates.items():
             EVENTS.labels(topic, "duplicate").inc(n)
+        deltas = fold([ev for ev, _ in unique.values()])
+        return Prepared(unique, deltas, offsets, first, size, started)
 
-        now = self.clock.now()
+    async def apply(self, batch: Prepared) -> dict[TopicPartition, int]:
+        """The database half: one transaction that drops ids seen in earlier batches,
+        applies the deltas and stores the offsets (fenced); then the accounts touched
+        join the pending list. Returns the offsets to commit to Kafka."""
+        unique = batch.unique
 
-        async def work(pg: store.Pg) -> tuple[list[tuple[Event, str]], list[Snapshot]]:
+        async def work(pg: store.Pg) -> list[tuple[Event, str]]:
             ids = list(unique)
             received = [unique[i][0].received_at for i in ids]
-            await store.mark_published(pg, published)
             new = await store.claim_new_events(pg, ids, received)  # type: ignore[arg-type]
-            fresh = [unique[i] for i in ids if i in new]
-            deltas = fold([ev for ev, _ in fresh])
+            if len(new) == len(ids):
+                fresh, deltas = list(unique.values()), batch.deltas
+            else:  # client resends of events applied in an earlier batch: fold again
+                fresh = [unique[i] for i in ids if i in new]
+                deltas = fold([ev for ev, _ in fresh])
             await store.apply_deltas(pg, deltas)
-            first_received: dict[str, datetime] = {}
-            for ev, _ in fresh:
-                assert ev.received_at is not None
-                held = first_received.get(ev.account_id)
-                if held is None or ev.received_at < held:
-                    first_received[ev.account_id] = ev.received_at
-            snapshots = await evaluate_accounts(
+            if batch.offsets:
+                await store_offsets(pg, batch.offsets, batch.first)
+            return fresh
+
+        fresh = await in_transaction(self.pool, work)
+        applied: Counter[str] = Counter()
+        touched: dict[str, list[float]] = {}
+        for ev, topic in fresh:
+            applied[topic] += 1
+            assert ev.received_at is not None
+            touched.setdefault(ev.account_id, []).append(ev.received_at.timestamp())
+        for account in sorted(touched):
+            self.pending.add(account, touched[account])
+        if len(fresh) < len(unique):  # seen in an earlier batch (client resend)
+            fresh_ids = {ev.id for ev, _ in fresh}
+            dup_topics = Counter(t for i, (_, t) in unique.items() if i not in fresh_ids)
+            for topic, n in dup_topics.items():
+                EVENTS.labels(topic, "duplicate").inc(n)
+        for topic, n in applied.items():
+            EVENTS.labels(topic, "applied").inc(n)
+        BATCH_SIZE.observe(batch.size)
+        BATCH_DURATION.observe(time.perf_counter() - batch.started)
+        return batch.offsets
+
+    async def evaluate_pending(self) -> int:
+        """Evaluate up to ``evaluate_batch`` pending accounts (oldest first) in one
+        transaction, then publish their snapshots; returns how many were written.
+        Accounts lost to a concurrent evaluation (or the whole round, on an
+        error) go back to the front of the list."""
+        taken = self.pending.take(self.settings.evaluate_batch)
+        if not taken:
+            return 0
+        now = self.clock.now()
+        first_received = {a: datetime.fromtimestamp(min(r), UTC) for a, r in taken.items() if r}
+
+        async def work(pg: store.Pg) -> Evaluation:
+            await store.mark_published(pg, published)
+            return await evaluate_accounts(
                 pg,
-                sorted(deltas.last_event_day),
+                list(taken),
                 model=self.model,
                 as_of=now.astimezone(UTC).date(),
                 now=now,
                 trigger="events",
                 source_received_at=first_received,
             )
-            if offsets:
-                await store_offsets(pg, offsets, first)
-            return fresh, snapshots
 
         published, self.published = self.published, {}
         try:
-            fresh, snapshots = await in_transaction(self.pool, work)
+            done = await in_transaction(self.pool, work)
         except BaseException:
             self.published = published | self.published
+            self.pending.restore(taken)
             raise
-        committed = datetime.now(UTC)
-        applied: Counter[str] = Counter()
-        for ev, topic in fresh:
-            applied[topic] += 1
-            assert ev.received_at is not None
-            EVENT_TO_SCORE.observe(max(0.0, (committed - ev.received_at).total_seconds()))
-        duplicates: Counter[str] = Counter()
-        fresh_ids = {ev.id for ev, _ in fresh}
-        for ev_id, (_, topic) in unique.items():
-            if ev_id not in fresh_ids:  # seen in an earlier batch (client resend)
-                duplicates[topic] += 1
-        for topic, n in applied.items():
-            EVENTS.labels(topic, "applied").inc(n)
-        for topic, n in duplicates.items():
-            EVENTS.labels(topic, "duplicate").inc(n)
-        # Recorded as published inside the next batch's transaction (saves a commit
-        # per batch); if the process dies first, the sweeper republishes them.
+        committed = time.time()
+        for account in done.written:
+            for received in taken.pop(account):
+                EVENT_TO_SCORE.observe(max(0.0, committed - received))
+        self.pending.restore(taken)  # lost to a concurrent evaluation: again, later
+        # Recorded as published inside the next round's transaction (saves a commit
+        # per round); if the process dies first, the sweeper republishes them.
         self.published.update(
-            await send_snapshots(self.producer, self.settings.topics.health, snapshots)
+            await send_snapshots(self.producer, self.settings.topics.health, done.snapshots)
         )
-        BATCH_SIZE.observe(size)
-        BATCH_DURATION.observe(time.perf_counter() - started)
-        return offsets
+        return len(done.written)
+
+    async def recover_pending(self) -> None:
+        """Add the accounts whose score lags their windows (left by a crash or by
+        the previous owner of a partition) to the pending list."""
+        async with self.pool.acquire() as pg:
+            for account in await store.pending_accounts(pg):
+                self.pending.add(account)
+
+
+async def run_evaluator(processor: BatchProcessor, done: asyncio.Event) -> None:
+    """Evaluate pending accounts as long as there are any; returns once ``done``
+    is set and nothing is pending."""
+    pending = processor.pending
+    while True:
+        if not pending:
+            if processor.published:  # idle: record what was published meanwhile
+                await processor.flush_published()
+            if done.is_set():
+                return
+            pending.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pending.changed.wait(), timeout=0.2)
+            continue
+        if not await processor.evaluate_pending():
+            await asyncio.sleep(0.05)  # every account lost a race: let the winner commit
 
 
 async def send_snapshots(
@@ -323,40 +448,77 @@ async def run_consumer(
     clock: Clock,
     stop: asyncio.Event,
 ) -> None:
-    """Consume until ``stop`` is set; finishes the batch in hand, then returns.
+    """Consume until ``stop`` is set; finishes the batch in hand and evaluates what
+    is pending (at most ``shutdown_evaluate_seconds``), then returns.
 
-    Work in flight is bounded by ``batch_max_events``: one batch at a time, the
-    next ``getmany`` only after the previous batch committed."""
+    Work in flight is bounded: one batch being applied while the next one is
+    decoded (it is applied only after the previous one committed), and no fetch
+    while more than ``pending_max_accounts`` accounts wait for evaluation."""
     consumer = make_consumer(settings, settings.consumer_group)
-    consumer.subscribe(list(settings.topics.events), listener=_SeekToStored(consumer, pool))
     processor = BatchProcessor(settings, pool, producer, model, clock)
+    consumer.subscribe(list(settings.topics.events), listener=_SeekToStored(consumer, processor))
+    evaluated = asyncio.Event()
+    evaluator = asyncio.create_task(run_evaluator(processor, evaluated), name="evaluator")
     await consumer.start()
+
+    async def settle(then: Prepared | None = None) -> None:
+        """Wait for the batch being applied, commit its offsets to Kafka, then start
+        applying ``then``. When it was fenced, ``then`` (fetched since, from a
+        position no longer ours) is dropped and the consumer re-seeked to what is
+        stored."""
+        task, processor.applying = processor.applying, None
+        if task is None:
+            if then is not None:
+                processor.applying = asyncio.create_task(processor.apply(then))
+            return
+        try:
+            offsets = await task
+        except Fenced as exc:
+            # A rebalance moved these partitions meanwhile and their new owner
+            # applied them: resume from what is stored, apply nothing.
+            log.warning("batch fenced; re-seeking", extra={"reason": str(exc)})
+            stored = await load_offsets(pool, list(consumer.assignment()))
+            for tp, offset in stored.items():
+                consumer.seek(tp, offset)
+            for tp, offset in (then.first if then else {}).items():
+                if tp not in stored and tp in consumer.assignment():
+                    consumer.seek(tp, offset)  # never applied by anyone: from its start
+            return
+        if then is not None:
+            processor.applying = asyncio.create_task(processor.apply(then))
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), 10)
+        except Exception as exc:  # offsets are safe in Postgres; commit is a hint
+            log.warning("kafka commit failed", extra={"error": str(exc)})
+
     try:
         while not stop.is_set():
+            if evaluator.done():
+                evaluator.result()  # raises what stopped it
+                raise RuntimeError("the evaluator stopped")
+            if len(processor.pending) > settings.pending_max_accounts:
+                await settle()
+                await asyncio.sleep(0.01)  # let the evaluator catch up
+                continue
             batches = await consumer.getmany(timeout_ms=200, max_records=settings.batch_max_events)
             if batches:
-                try:
-                    offsets = await processor.process(batches)
-                except Fenced as exc:
-                    # A rebalance moved these partitions meanwhile and their new owner
-                    # applied them: resume from what is stored, apply nothing.
-                    log.warning("batch fenced; re-seeking", extra={"reason": str(exc)})
-                    stored = await load_offsets(pool, list(batches))
-                    assigned = consumer.assignment()
-                    for tp in batches:
-                        if tp in assigned and tp in stored:
-                            consumer.seek(tp, stored[tp])
-                    continue
-                try:
-                    await asyncio.wait_for(consumer.commit(offsets), 10)
-                except Exception as exc:  # offsets are safe in Postgres; commit is a hint
-                    log.warning("kafka commit failed", extra={"error": str(exc)})
-            elif processor.published:  # idle: record what was published meanwhile
-                await processor.flush_published()
+                # Decode and fold this batch while the previous one is being applied,
+                # then start applying it once the previous one has committed.
+                await settle(await processor.prepare(batches))
+            else:
+                await settle()
             await update_lag(consumer)
-        if processor.published:
-            await processor.flush_published()
+        await settle()
     finally:
+        evaluated.set()
+        if not evaluator.done():
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(evaluator), settings.shutdown_evaluate_seconds
+                )
+            except TimeoutError:  # what is left stays pending in Postgres for the next owner
+                evaluator.cancel()
+                log.warning("stopped with accounts still pending evaluation")
         try:
             await asyncio.wait_for(consumer.stop(), 10)
         except TimeoutError:

@@ -39,6 +39,16 @@ class Snapshot:
         return orjson.dumps(self.payload)
 
 
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What an evaluation round wrote: the snapshots to publish once its
+    transaction commits, and the accounts whose score it wrote (an account it
+    lost to a concurrent evaluation is not among them: see ``store.save_scores``)."""
+
+    snapshots: list[Snapshot]
+    written: set[str]
+
+
 def _band(v: str | None) -> Band | None:
     return v if v in ("green", "yellow", "red") else None  # type: ignore[return-value]
 
@@ -53,11 +63,11 @@ async def evaluate_accounts(
     trigger: Trigger,
     source_received_at: dict[str, datetime] | None = None,
     current: bool = True,
-) -> list[Snapshot]:
+) -> Evaluation:
     """Evaluate ``account_ids`` as of ``as_of``; returns the snapshots to publish
     (accounts whose score, band or KPIs changed, or whose last snapshot was never
-    published). With ``current=False`` (rescore of a past day) only the history
-    row is written and nothing is published."""
+    published) and the accounts written. With ``current=False`` (rescore of a past
+    day) only the history row is written and nothing is published."""
     states = await store.load_states(pg, account_ids, as_of, model.key_features)
     rows: list[store.ScoreRow] = []
     snapshots: list[Snapshot] = []
@@ -98,6 +108,8 @@ async def evaluate_accounts(
                 kpis=kpis,
                 measures=measures,
                 revision=revision,
+                prev_revision=st.revision,
+                evaluated_seq=st.applied_seq,
             )
         )
         if current and (changed or st.published_revision < revision):
@@ -128,6 +140,6 @@ async def evaluate_accounts(
                     },
                 )
             )
-    await store.save_scores(pg, rows, current=current)
-    ACCOUNTS_SCORED.labels(trigger).inc(len(rows))
-    return snapshots
+    written = await store.save_scores(pg, rows, current=current)
+    ACCOUNTS_SCORED.labels(trigger).inc(len(written))
+    return Evaluation([s for s in snapshots if s.account_id in written], written)

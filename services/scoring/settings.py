@@ -16,6 +16,17 @@ class ScoringSettings(CommonSettings):
         default="healthscore-scoring", validation_alias="HEALTHSCORE_SCORING_CONSUMER_GROUP"
     )
     batch_max_events: int = Field(default=5_000, ge=1)
+    evaluate_batch: int = Field(
+        default=1_000, ge=1, le=10_000, description="Accounts evaluated per transaction."
+    )
+    pending_max_accounts: int = Field(
+        default=20_000,
+        ge=1,
+        description="Accounts waiting for evaluation above which the consumer stops fetching.",
+    )
+    shutdown_evaluate_seconds: float = Field(
+        default=10.0, ge=0, description="On shutdown, time left to evaluate pending accounts."
+    )
     sweep_interval: float = Field(default=900.0, gt=0, description="Seconds; SPEC §4.")
     sweep_poll_seconds: float = Field(
         default=5.0, gt=0, description="How often the sweeper looks for stale accounts."

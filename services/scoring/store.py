@@ -151,9 +151,13 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
             f"{a} = CASE WHEN {wins} THEN EXCLUDED.{a} ELSE t.{a} END",
             f"{a}_as_of = CASE WHEN {wins} THEN EXCLUDED.{a}_as_of ELSE t.{a}_as_of END",
         ]
+    # applied_seq: one more batch applied to the account (under its row lock), so
+    # the evaluator can tell whether a score reflects everything applied.
+    names.append("applied_seq")
+    sets.append("applied_seq = t.applied_seq + 1")
     await pg.execute(
         f"""INSERT INTO scoring_accounts AS t ({", ".join(names)})
-            SELECT * FROM unnest({", ".join(unnest)})
+            SELECT *, 1 FROM unnest({", ".join(unnest)})
             ON CONFLICT (account_id) DO UPDATE SET {", ".join(sets)}""",
         *args,
     )
@@ -175,8 +179,15 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
     keys = sorted(set(d.days) | set(new_user_days))
     if keys:
-        counter_args = [[d.days.get(k, {}).get(c, 0) for k in keys] for c in DAY_COUNTERS]
         float_cols = {"session_seconds", "sentiment_sum"}
+        empty: dict[str, float] = {}
+        day_rows = [d.days.get(k, empty) for k in keys]
+        columns = [
+            [r.get(c, 0.0) for r in day_rows]
+            if c in float_cols
+            else [int(r.get(c, 0)) for r in day_rows]
+            for c in DAY_COUNTERS
+        ]
         unnest_cols = ", ".join(
             f"${i + 4}::{'float8' if c in float_cols else 'int'}[]"
             for i, c in enumerate(DAY_COUNTERS)
@@ -191,10 +202,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
             [k[0] for k in keys],
             [k[1] for k in keys],
             [new_user_days.get(k, 0) for k in keys],
-            *[
-                [int(v) if c not in float_cols else float(v) for v in col]
-                for c, col in zip(DAY_COUNTERS, counter_args, strict=True)
-            ],
+            *columns,
         )
 
     if d.feature_days:
@@ -285,15 +293,18 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
 _AGGREGATES_SQL = """
 WITH a AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
-u AS (
-  SELECT account_id,
-    count(DISTINCT user_id) FILTER (WHERE day = $2::date) AS dau,
-    count(DISTINCT user_id) FILTER (WHERE day > $2::date - 7) AS wau,
-    count(DISTINCT user_id) FILTER (WHERE day > $2::date - 30) AS mau,
-    count(DISTINCT user_id) FILTER (WHERE day <= $2::date - 28) AS users_d34_d28
+uu AS (  -- one row per active user: distinct counts below without sorting user ids
+  SELECT account_id, user_id, max(day) AS last_day, bool_or(day <= $2::date - 28) AS early
   FROM scoring_user_days
   WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 34 AND $2::date
-  GROUP BY account_id),
+  GROUP BY account_id, user_id),
+u AS (
+  SELECT account_id,
+    count(*) FILTER (WHERE last_day = $2::date) AS dau,
+    count(*) FILTER (WHERE last_day > $2::date - 7) AS wau,
+    count(*) FILTER (WHERE last_day > $2::date - 30) AS mau,
+    count(*) FILTER (WHERE early) AS users_d34_d28
+  FROM uu GROUP BY account_id),
 d AS (
   SELECT account_id,
     sum(active_users) FILTER (WHERE day > $2::date - 30) AS user_days_30d,
@@ -349,7 +360,7 @@ SELECT a.account_id,
   (SELECT h.score FROM scoring_history h WHERE h.account_id = a.account_id
      AND h.day = $2::date - 7) AS score_7d_ago,
   sc.revision, pub.revision AS published_revision, sc.score AS prev_score, sc.band AS prev_band,
-  sc.kpis AS prev_kpis
+  sc.kpis AS prev_kpis, acc.applied_seq
 FROM a
 JOIN scoring_accounts acc ON acc.account_id = a.account_id
 LEFT JOIN u ON u.account_id = a.account_id
@@ -378,6 +389,7 @@ class AccountState:
     prev_score: float | None
     prev_band: str | None
     prev_kpis: dict[str, KpiValue] | None
+    applied_seq: int  # batches applied when the windows were read (same snapshot)
 
 
 def _i(v: Any) -> int:
@@ -434,6 +446,7 @@ async def load_states(
                 prev_score=r["prev_score"],
                 prev_band=r["prev_band"],
                 prev_kpis=r["prev_kpis"],
+                applied_seq=r["applied_seq"],
             )
         )
     return out
@@ -476,14 +489,18 @@ class ScoreRow:
     kpis: dict[str, KpiValue]
     measures: list[dict[str, Any]]
     revision: int
+    prev_revision: int | None  # the revision the evaluation read (None: no score yet)
+    evaluated_seq: int  # the account's applied_seq the evaluation read
 
 
-async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True) -> None:
-    """Upsert the daily history rows and (``current``) the current score rows (whose
-    ``evaluated_at`` / ``as_of`` tell the sweeper when each account was last evaluated)."""
-    if not rows:
-        return
-    cols = [
+_SCORE_COLUMNS = """a, d, e, s, b, c, m, g, k, ms, tr, sd, rv, es"""
+_SCORE_UNNEST = """unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
+    $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[],
+    $12::float8[], $13::bigint[], $14::bigint[]"""
+
+
+def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
+    return [
         [r.account_id for r in rows],
         [r.as_of for r in rows],
         [r.evaluated_at for r in rows],
@@ -494,7 +511,65 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
         [r.in_grace_period for r in rows],
         [orjson.dumps(r.kpis).decode() for r in rows],
         [orjson.dumps(pack_measures(r.measures)).decode() for r in rows],
+        [r.trigger for r in rows],
+        [r.score_delta_7d for r in rows],
+        [r.revision for r in rows],
+        [r.evaluated_seq for r in rows],
     ]
+
+
+async def _save_current(pg: Pg, rows: Sequence[ScoreRow]) -> set[str]:
+    """Write current scores, compare-and-set on the revision each evaluation read:
+    when two evaluations of one account race (the evaluator and a sweep, or two
+    processes around a rebalance), the one that commits first wins and the other
+    writes nothing (its account stays pending and is evaluated again)."""
+    written: set[str] = set()
+    known = [r for r in rows if r.prev_revision is not None]
+    if known:
+        got = await pg.fetch(
+            f"""UPDATE scoring_scores AS t SET as_of = x.d, evaluated_at = x.e, score = x.s,
+                  band = x.b, coverage = x.c, model_version = x.m, in_grace_period = x.g,
+                  kpis = x.k::json, measures = x.ms::json, trigger = x.tr,
+                  score_delta_7d = x.sd, revision = x.rv,
+                  evaluated_seq = CASE WHEN x.rv = t.revision
+                    THEN GREATEST(t.evaluated_seq, x.es) ELSE x.es END
+                FROM {_SCORE_UNNEST}, $15::bigint[]) AS x({_SCORE_COLUMNS}, prv)
+                WHERE t.account_id = x.a AND t.revision = x.prv
+                RETURNING t.account_id""",
+            *_score_columns(known),
+            [r.prev_revision for r in known],
+        )
+        written.update(r[0] for r in got)
+    fresh = [r for r in rows if r.prev_revision is None]
+    if fresh:
+        got = await pg.fetch(
+            f"""INSERT INTO scoring_scores (account_id, as_of, evaluated_at, score, band,
+                  coverage, model_version, in_grace_period, kpis, measures, trigger,
+                  score_delta_7d, revision, evaluated_seq)
+                SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv, es
+                FROM {_SCORE_UNNEST}) AS x({_SCORE_COLUMNS})
+                ON CONFLICT (account_id) DO NOTHING RETURNING account_id""",
+            *_score_columns(fresh),
+        )
+        written.update(r[0] for r in got)
+    return written
+
+
+async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True) -> set[str]:
+    """Write the current score rows (``current``; whose ``evaluated_at`` / ``as_of``
+    tell the sweeper when each account was last evaluated) and the day's history
+    rows; returns the accounts written (see :func:`_save_current` for the ones that
+    are not)."""
+    if not rows:
+        return set()
+    if current:
+        written = await _save_current(pg, rows)
+        rows = [r for r in rows if r.account_id in written]
+    else:
+        written = {r.account_id for r in rows}
+    if not rows:
+        return written
+    cols = _score_columns(rows)[:10]
     await pg.execute(
         """INSERT INTO scoring_history AS t (account_id, day, evaluated_at, score, band,
              coverage, model_version, in_grace_period, kpis, measures)
@@ -508,28 +583,19 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
              kpis = EXCLUDED.kpis, measures = EXCLUDED.measures""",
         *cols,
     )
-    if not current:
-        return
-    await pg.execute(
-        """INSERT INTO scoring_scores AS t (account_id, as_of, evaluated_at, score, band,
-             coverage, model_version, in_grace_period, kpis, measures, trigger,
-             score_delta_7d, revision)
-           SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv
-           FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
-                       $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[],
-                       $11::text[], $12::float8[], $13::bigint[])
-                AS x(a, d, e, s, b, c, m, g, k, ms, tr, sd, rv)
-           ON CONFLICT (account_id) DO UPDATE SET as_of = EXCLUDED.as_of,
-             evaluated_at = EXCLUDED.evaluated_at, score = EXCLUDED.score, band = EXCLUDED.band,
-             coverage = EXCLUDED.coverage, model_version = EXCLUDED.model_version,
-             in_grace_period = EXCLUDED.in_grace_period, kpis = EXCLUDED.kpis,
-             measures = EXCLUDED.measures, trigger = EXCLUDED.trigger,
-             score_delta_7d = EXCLUDED.score_delta_7d, revision = EXCLUDED.revision""",
-        *cols,
-        [r.trigger for r in rows],
-        [r.score_delta_7d for r in rows],
-        [r.revision for r in rows],
+    return written
+
+
+async def pending_accounts(pg: Pg, limit: int | None = None) -> list[str]:
+    """Accounts with batches applied that their current score does not reflect yet
+    (waiting for the evaluator, or left by a crash or a rebalance)."""
+    rows = await pg.fetch(
+        """SELECT a.account_id FROM scoring_accounts a
+           LEFT JOIN scoring_scores s ON s.account_id = a.account_id
+           WHERE a.applied_seq > COALESCE(s.evaluated_seq, 0) LIMIT $1""",
+        limit,
     )
+    return [r[0] for r in rows]
 
 
 async def mark_published(pg: Pg, revisions: dict[str, int]) -> None:

@@ -53,10 +53,10 @@ async def sweep_once(
                 stale_before=now - timedelta(seconds=settings.sweep_interval),
                 limit=settings.sweep_batch,
             )
-            snaps = await evaluate_accounts(
+            done = await evaluate_accounts(
                 pg, ids, model=model, as_of=today, now=now, trigger="sweep"
             )
-            return len(ids), snaps
+            return len(ids), done.snapshots
 
         n, snapshots = await in_transaction(pool, work)
         if producer is not None:
@@ -98,9 +98,10 @@ async def republish(
 
     async def work(pg: store.Pg) -> list[Snapshot]:
         ids = await store.unpublished_accounts(pg, now - timedelta(seconds=5), 500)
-        return await evaluate_accounts(
+        done = await evaluate_accounts(
             pg, ids, model=model, as_of=now.astimezone(UTC).date(), now=now, trigger="sweep"
         )
+        return done.snapshots
 
     snapshots = await in_transaction(pool, work)
     await publish(pool, producer, settings.topics.health, snapshots)

@@ -77,8 +77,9 @@ class Stack:
         )
 
     async def wait_consumed(self, timeout: float = 60) -> None:
+        """Until every produced message is consumed and every score reflects it."""
         deadline = asyncio.get_running_loop().time() + timeout
-        while await self.consumed() < self.produced:
+        while await self.consumed() < self.produced or await store.pending_accounts(self.pool, 1):
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"consumed {await self.consumed()} of {self.produced}")
             await asyncio.sleep(0.05)

@@ -4,6 +4,7 @@ is fenced by the stored offsets: nothing of it is applied twice."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from services.scoring import store
 from services.scoring.clock import FixedClock
 from services.scoring.consumer import BatchProcessor, Fenced, new_producer
+from services.scoring.evaluation import evaluate_accounts
 from services.scoring.score_model import load_model
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from tests.integration.scoring_support import settings_from
@@ -57,6 +59,8 @@ async def test_a_batch_applied_by_another_consumer_is_fenced(env: dict[str, str]
         await first.process(batches)
         with pytest.raises(Fenced):
             await second.process(batches)
+        assert await first.evaluate_pending() == 1
+        assert await second.evaluate_pending() == 0  # the fenced batch left nothing pending
         kpis = await pool.fetchval("SELECT kpis FROM scoring_scores WHERE account_id = 'fenced'")
         events = await pool.fetchval(
             "SELECT sum(product_events) FROM scoring_account_days WHERE account_id = 'fenced'"
@@ -66,3 +70,112 @@ async def test_a_batch_applied_by_another_consumer_is_fenced(env: dict[str, str]
         await pool.close()
     assert kpis["dau"] == 3
     assert events == 3
+
+
+async def _batch_of(settings: Any, events: list[dict[str, Any]]) -> dict[Any, Any]:
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for ev in events:
+            await producer.send_and_wait(
+                settings.topics.product, orjson.dumps(ev), key=ev["account_id"].encode()
+            )
+    finally:
+        await producer.stop()
+    reader = make_consumer(settings, f"reader-{events[0]['id']}", settings.topics.product)
+    await reader.start()
+    batches: dict = {}
+    try:
+        for _ in range(100):
+            for tp, msgs in (await reader.getmany(timeout_ms=200)).items():
+                batches.setdefault(tp, []).extend(msgs)
+            got = [orjson.loads(m.value)["id"] for ms in batches.values() for m in ms]
+            if all(ev["id"] in got for ev in events):
+                break
+    finally:
+        await reader.stop()
+    wanted = {ev["id"] for ev in events}
+    return {
+        tp: [m for m in ms if orjson.loads(m.value)["id"] in wanted] for tp, ms in batches.items()
+    }
+
+
+def _login(i: int, account: str, user: str) -> dict[str, Any]:
+    return {
+        "id": f"{account}-{i}",
+        "type": "login",
+        "account_id": account,
+        "user_id": user,
+        "timestamp": NOW.isoformat(),
+        "received_at": NOW.isoformat(),
+    }
+
+
+async def test_events_applied_but_not_yet_evaluated_are_found_after_a_crash(
+    env: dict[str, str],
+) -> None:
+    """A batch commits its windows; the process dies before evaluating: the next
+    owner finds the account pending in Postgres and its score shows the events."""
+    settings = settings_from(env)
+    await ensure_topics(settings)
+    batches = await _batch_of(settings, [_login(i, "crashy", f"u{i}") for i in range(4)])
+    pool = await store.create_pool(settings.database_url)
+    out = new_producer(settings)
+    await out.start()
+    try:
+        dead = BatchProcessor(settings, pool, out, load_model(), FixedClock(NOW))
+        await dead.process(batches)  # applied; "killed" before its evaluator ran
+        assert "crashy" in await store.pending_accounts(pool)
+        assert not await pool.fetchval("SELECT 1 FROM scoring_scores WHERE account_id = 'crashy'")
+
+        heir = BatchProcessor(settings, pool, out, load_model(), FixedClock(NOW))
+        await heir.recover_pending()
+        assert await heir.evaluate_pending() >= 1
+        kpis = await pool.fetchval("SELECT kpis FROM scoring_scores WHERE account_id = 'crashy'")
+        assert kpis["dau"] == 4
+        assert "crashy" not in await store.pending_accounts(pool)
+    finally:
+        await out.stop()
+        await pool.close()
+
+
+async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two evaluations of one account race (the evaluator and a sweep, or two
+    processes around a rebalance): one that read the account before the other
+    committed writes nothing (compare-and-set on the revision it read), so no
+    stale score or history row replaces a newer one."""
+    settings = settings_from(env)
+    await ensure_topics(settings)
+    pool = await store.create_pool(settings.database_url)
+    out = new_producer(settings)
+    await out.start()
+    model = load_model()
+    try:
+        proc = BatchProcessor(settings, pool, out, model, FixedClock(NOW))
+        await proc.process(await _batch_of(settings, [_login(1, "race", "u1")]))
+        assert await proc.evaluate_pending() == 1  # revision 1, dau 1
+        async with pool.acquire() as pg:  # evaluation A reads the account now …
+            stale = await store.load_states(pg, ["race"], NOW.date(), model.key_features)
+        await proc.process(await _batch_of(settings, [_login(2, "race", "u2")]))
+        assert await proc.evaluate_pending() == 1  # … B reads later and commits first
+
+        async def read_stale(*_: object) -> list[store.AccountState]:
+            return stale
+
+        monkeypatch.setattr(store, "load_states", read_stale)
+        async with pool.acquire() as pg, pg.transaction():
+            late = await evaluate_accounts(
+                pg, ["race"], model=model, as_of=NOW.date(), now=NOW, trigger="sweep"
+            )
+        assert late.written == set() and late.snapshots == []
+        row = await pool.fetchrow(
+            "SELECT revision, kpis FROM scoring_scores WHERE account_id = 'race'"
+        )
+        assert (row["revision"], row["kpis"]["dau"]) == (2, 2)
+        history = await pool.fetchval("SELECT kpis FROM scoring_history WHERE account_id = 'race'")
+        assert history["dau"] == 2
+    finally:
+        await out.stop()
+        await pool.close()
