@@ -39,6 +39,7 @@ from services.scoring.metrics import (
     CONSUMER_LAG,
     EVENT_TO_SCORE,
     EVENTS,
+    PENDING_ACCOUNTS,
     REBALANCES,
 )
 from services.scoring.score_model import ScoreModel
@@ -380,6 +381,7 @@ async def run_evaluator(processor: BatchProcessor, done: asyncio.Event) -> None:
     is set and nothing is pending."""
     pending = processor.pending
     while True:
+        PENDING_ACCOUNTS.set(len(pending))
         if not pending:
             if processor.published:  # idle: record what was published meanwhile
                 await processor.flush_published()

@@ -13,7 +13,7 @@ EVENTS = Counter(
 )
 BATCH_DURATION = Histogram(
     "healthscore_scoring_batch_duration_seconds",
-    "Time to apply one consumed batch (windows, scores, offsets) in one transaction.",
+    "Time from decoding one consumed batch to its windows and offsets committed.",
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
@@ -39,4 +39,8 @@ ACCOUNTS_SCORED = Counter(
 REBALANCES = Counter(
     "healthscore_scoring_rebalances",
     "Consumer group partition assignments received.",
+)
+PENDING_ACCOUNTS = Gauge(
+    "healthscore_scoring_pending_accounts",
+    "Accounts whose windows took events that their score does not show yet.",
 )
