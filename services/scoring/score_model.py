@@ -174,7 +174,7 @@ def in_grace_period(
     return as_of < onboarding_completed_at.date() + timedelta(days=grace_days)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MeasureScore:
     """One measure evaluated (the fields of :class:`shared.health.MeasureResult`; a
     plain dataclass because scoring builds thousands per batch)."""
