@@ -1,6 +1,6 @@
 """Scoring scale-out: the same preloaded events (12 partitions) drained by one
 scoring process, then by two in one consumer group; events/s from the first
-applied event to the last, read from the processes' own metrics."""
+applied event to the last score committed, read from the processes' own metrics."""
 
 from __future__ import annotations
 
@@ -66,10 +66,12 @@ async def _drain(ctx: BenchContext, consumers: int, payloads: list[tuple[str, by
     first: float | None = None
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        applied = sum(total(scrape(p.url), "healthscore_scoring_events_total") for p in procs)
+        metrics = [scrape(p.url) for p in procs]
+        applied = sum(total(m, "healthscore_scoring_events_total") for m in metrics)
+        scored = sum(total(m, "healthscore_scoring_event_to_score_seconds_count") for m in metrics)
         if first is None and applied > 0:
             first, first_count = time.perf_counter(), applied
-        if applied >= len(payloads):
+        if applied >= len(payloads) and scored >= applied:  # every score committed
             break
         await asyncio.sleep(0.25)
     elapsed = time.perf_counter() - (first or time.perf_counter())
