@@ -48,3 +48,15 @@ def quantile(
             return prev_le + (le - prev_le) * ((rank - prev_count) / span if span else 0)
         prev_le, prev_count = le, count
     return prev_le
+
+
+def delta(
+    after: dict[str, list[tuple[dict[str, str], float]]],
+    before: dict[str, list[tuple[dict[str, str], float]]],
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """What happened between two scrapes (counters and histogram buckets)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, samples in after.items():
+        was = {tuple(sorted(lab.items())): v for lab, v in before.get(name, [])}
+        out[name] = [(lab, v - was.get(tuple(sorted(lab.items())), 0.0)) for lab, v in samples]
+    return out
