@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC as _UTC
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import (

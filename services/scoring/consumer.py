@@ -45,7 +45,7 @@ from services.scoring.metrics import (
 from services.scoring.score_model import ScoreModel
 from services.scoring.settings import ScoringSettings
 from shared.events import Event, WireError, decode_event
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import make_consumer, make_producer, send_keyed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -404,10 +404,7 @@ async def send_snapshots(
     if not snapshots:
         return {}
     try:
-        futures = [
-            await producer.send(topic, s.encode(), key=s.account_id.encode()) for s in snapshots
-        ]
-        await asyncio.gather(*futures)
+        await send_keyed(producer, topic, [(s.account_id.encode(), s.encode()) for s in snapshots])
     except Exception:
         log.exception("publishing health snapshots failed; the sweeper will retry")
         return {}

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from shared import db
 from shared.auth import KeyStore, Scope, create_key, list_keys, revoke_key
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, make_consumer, make_producer, send_keyed
 from shared.migrate import NotMigrated, check_migrated, upgrade
 from shared.settings import CommonSettings
 from tests.infra import Infra, drop_database, new_database
@@ -108,3 +108,38 @@ async def test_database_ahead_of_this_release_is_accepted(infra: Infra) -> None:
     finally:
         await engine.dispose()
         await drop_database(infra, url)
+
+
+async def test_send_keyed_puts_each_key_where_the_default_partitioner_does(
+    monkeyenv: dict[str, str],
+) -> None:
+    """Records sent in per-partition batches land on the partition a plain
+    ``send(key=…)`` picks, in order per key, so one account stays on one partition."""
+    settings = CommonSettings()
+    await ensure_topics(settings)
+    topic = settings.topics.health
+    producer = make_producer(settings)
+    await producer.start()
+    keys = [f"acct-{i}".encode() for i in range(60)]
+    try:
+        plain = {k: (await producer.send_and_wait(topic, b"plain", key=k)).partition for k in keys}
+        await send_keyed(
+            producer, topic, [(k, f"batched-{n}".encode()) for n in range(3) for k in keys]
+        )
+    finally:
+        await producer.stop()
+    consumer = make_consumer(settings, "send-keyed-check", topic)
+    await consumer.start()
+    seen: dict[bytes, list[tuple[int, bytes]]] = {}
+    try:
+        async with asyncio.timeout(30):
+            while sum(len(v) for v in seen.values()) < 4 * len(keys):
+                for tp, msgs in (await consumer.getmany(timeout_ms=200)).items():
+                    for m in msgs:
+                        seen.setdefault(m.key, []).append((tp.partition, m.value))
+    finally:
+        await consumer.stop()
+    assert len(set(plain.values())) > 1  # the keys really spread over partitions
+    for k in keys:
+        assert {p for p, _ in seen[k]} == {plain[k]}
+        assert [v for _, v in seen[k]] == [b"plain", b"batched-0", b"batched-1", b"batched-2"]
