@@ -182,6 +182,8 @@ class Pending:
 
     def restore(self, taken: dict[str, list[float]]) -> None:
         """Put accounts back at the front (an evaluation that failed or lost a race)."""
+        if not taken:
+            return
         for account, received in self._accounts.items():
             taken.setdefault(account, []).extend(received)
         self._accounts = taken
