@@ -69,6 +69,7 @@ def run(host: str, port: int) -> int:
     from services.alerts.consumer import run_consumer
     from services.alerts.delivery import DeliveryWorker, make_client
     from services.alerts.store import load_default_rules
+    from shared.kafka import make_producer
     from shared.logs import setup_logging
     from shared.runner import preflight, serve
 
@@ -93,9 +94,12 @@ def run(host: str, port: int) -> int:
 
     async def consumer(stop: asyncio.Event) -> None:
         engine = db.create_engine(settings.database_url)
+        producer = make_producer(settings)  # for the dead-letter topic
+        await producer.start()
         try:
-            await run_consumer(settings, engine, stop, wake_event())
+            await run_consumer(settings, engine, producer, stop, wake_event())
         finally:
+            await asyncio.wait_for(producer.stop(), 10)
             await engine.dispose()
 
     async def delivery(stop: asyncio.Event) -> None:

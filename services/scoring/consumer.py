@@ -42,11 +42,16 @@ from services.scoring.metrics import (
 from services.scoring.score_model import ScoreModel
 from services.scoring.settings import ScoringSettings
 from shared.events import Event, WireError, decode_event
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import (
+    BrokerMemoryCheck,
+    consume_until_stopped,
+    dead_letter,
+    make_producer,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REASON_HEADER = "x-healthscore-reason"
+IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows us
 
 
 async def in_transaction(
@@ -68,9 +73,10 @@ async def in_transaction(
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: AIOKafkaConsumer, pool: store.Pool) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, pool: store.Pool, check: BrokerMemoryCheck):
         self.consumer = consumer
         self.pool = pool
+        self.check = check
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Batches are applied atomically with their offsets: nothing half-done to flush.
@@ -81,8 +87,17 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         REBALANCES.inc()
         stored = await load_offsets(self.pool, assigned)
+        lost = await self.check.forgotten(stored)
+        if lost:
+            # Offsets of a log the (embedded) broker no longer has: read the new log
+            # from its start; event-id dedup keeps anything read twice from counting.
+            log.warning(
+                "stored offsets belong to a log the broker lost; reading from the start",
+                extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in lost]},
+            )
+            await forget_offsets(self.pool, lost)
         for tp in assigned:
-            if tp in stored:
+            if tp in stored and tp not in lost:
                 self.consumer.seek(tp, stored[tp])
 
 
@@ -100,6 +115,15 @@ async def load_offsets(
     wanted = set(tps)
     out = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
     return {tp: off for tp, off in out.items() if tp in wanted}
+
+
+async def forget_offsets(pool: store.Pool, tps: Sequence[TopicPartition]) -> None:
+    await pool.execute(
+        "DELETE FROM scoring_consumer_offsets"
+        " WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+        [tp.topic for tp in tps],
+        [tp.partition for tp in tps],
+    )
 
 
 class Fenced(Exception):
@@ -164,15 +188,7 @@ class BatchProcessor:
             await store.mark_published(pg, published)
 
     async def dead_letter(self, msg: Any, reason: str) -> None:
-        headers = [
-            (REASON_HEADER, reason[:1000].encode()),
-            ("x-healthscore-topic", msg.topic.encode()),
-            ("x-healthscore-partition", str(msg.partition).encode()),
-            ("x-healthscore-offset", str(msg.offset).encode()),
-        ]
-        await self.producer.send_and_wait(
-            self.settings.topics.dlq, msg.value, key=msg.key, headers=headers
-        )
+        await dead_letter(self.producer, self.settings.topics.dlq, msg, reason)
 
     async def process(self, batches: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Apply one batch; returns the offsets to commit to Kafka."""
@@ -326,15 +342,24 @@ async def run_consumer(
     """Consume until ``stop`` is set; finishes the batch in hand, then returns.
 
     Work in flight is bounded by ``batch_max_events``: one batch at a time, the
-    next ``getmany`` only after the previous batch committed."""
-    consumer = make_consumer(settings, settings.consumer_group)
-    consumer.subscribe(list(settings.topics.events), listener=_SeekToStored(consumer, pool))
+    next ``getmany`` only after the previous batch committed. A broker that lost
+    its state (the embedded one, restarted) gets a fresh consumer
+    (:func:`consume_until_stopped`)."""
     processor = BatchProcessor(settings, pool, producer, model, clock)
-    await consumer.start()
-    try:
+
+    def subscribe(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> None:
+        consumer.subscribe(
+            list(settings.topics.events), listener=_SeekToStored(consumer, pool, check)
+        )
+
+    async def consume(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> bool:
+        idle_since = time.monotonic()
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=settings.batch_max_events)
+            if batches and await check.lost_state(batches):
+                return True  # the batch is from a new log: drop it, rebuild
             if batches:
+                idle_since = time.monotonic()
                 try:
                     offsets = await processor.process(batches)
                 except Fenced as exc:
@@ -349,18 +374,22 @@ async def run_consumer(
                     continue
                 try:
                     await asyncio.wait_for(consumer.commit(offsets), 10)
+                    check.committed(offsets)
                 except Exception as exc:  # offsets are safe in Postgres; commit is a hint
                     log.warning("kafka commit failed", extra={"error": str(exc)})
-            elif processor.published:  # idle: record what was published meanwhile
-                await processor.flush_published()
+            else:
+                if processor.published:  # idle: record what was published meanwhile
+                    await processor.flush_published()
+                if time.monotonic() - idle_since > IDLE_CHECK_SECONDS:
+                    idle_since = time.monotonic()
+                    if await check.lost_state():
+                        return True
             await update_lag(consumer)
         if processor.published:
             await processor.flush_published()
-    finally:
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except TimeoutError:
-            log.warning("consumer did not stop within 10 s")
+        return False
+
+    await consume_until_stopped(settings, settings.consumer_group, subscribe, consume, stop)
 
 
 def new_producer(settings: ScoringSettings) -> AIOKafkaProducer:
