@@ -15,7 +15,7 @@ from services.alerts.api import router
 from services.alerts.settings import AlertsSettings
 from shared import db
 from shared.auth import KeyStore
-from shared.http import install_common
+from shared.http import MAX_BODY_BYTES, install_common
 from shared.kafka import broker_reachable
 from shared.runner import WorkerStatus
 
@@ -36,7 +36,12 @@ def create_app(settings: AlertsSettings, workers: WorkerStatus | None = None) ->
             await app.state.http.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="Healthscore alerts", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Healthscore alerts",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
     app.include_router(router)
 
     @app.middleware("http")
