@@ -32,6 +32,7 @@ from tests.reliability.pipeline import (
     AUTH,
     Client,
     plan,
+    record_figures,
     subscribe,
     wait_for_oracle,
     wait_for_webhooks,
@@ -107,6 +108,20 @@ async def test_pipeline_resumes_after_the_broker_restarts_empty(
         assert diff == {}, diff
         want = len(DETRACTORS_BEFORE) + len(DETRACTORS_AFTER)
         tally = await wait_for_webhooks(receiver, want, 60)
+        record_figures(
+            "broker_restart",
+            {
+                "events_sent": len(accepted),
+                "events_sent_after_restart": len(second),
+                "answers_while_down": down,
+                "answers": dict(client.statuses),
+                "accounts_matching_oracle": len(BEFORE + AFTER) - len(diff),
+                "accounts": len(BEFORE + AFTER),
+                "alerts_expected": want,
+                "alerts_delivered": tally.delivered(),
+                "webhook_requests": tally.requests,
+            },
+        )
         assert tally.accounts["/a"] == DETRACTORS_BEFORE | DETRACTORS_AFTER
         assert set(tally.alerts["/a"].values()) == {1}
         for name in ("ingest", "scoring", "alerts"):
