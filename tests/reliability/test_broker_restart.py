@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -48,25 +46,10 @@ DETRACTORS_BEFORE = {BEFORE[0]}
 DETRACTORS_AFTER = {AFTER[0], AFTER[1]}
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TansuBroker]:
-    b = TansuBroker(log_path=tmp_path / "broker.log").start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
 async def test_pipeline_resumes_after_the_broker_restarts_empty(
-    env: dict[str, str], broker: TansuBroker, receiver: Receiver
+    env: dict[str, str], private_broker: TansuBroker, receiver: Receiver
 ) -> None:
+    broker = private_broker
     penv = pipeline_env(env) | {
         "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
         "HEALTHSCORE_PUBLISH_TIMEOUT_SECONDS": "2",

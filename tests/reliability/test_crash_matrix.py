@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
@@ -65,13 +64,6 @@ def pipeline_env(env: dict[str, str]) -> dict[str, str]:
         "HEALTHSCORE_SWEEP_POLL_SECONDS": "1",
         "HEALTHSCORE_BATCH_MAX_EVENTS": "200",
     }
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 def with_resends(events: list[Event], seed: int) -> list[list[Event]]:

@@ -8,7 +8,6 @@ stored offsets at the end of the health topic)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -64,13 +63,6 @@ HEALTH_POISON: dict[str, bytes | None] = {
     "empty object": b"{}",
     "wrong types": orjson.dumps({"account_id": 5, "revision": "x"}),
 }
-
-
-@pytest.fixture(scope="module")
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 async def test_poison_goes_to_the_dlq_and_every_consumer_keeps_going(

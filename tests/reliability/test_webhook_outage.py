@@ -10,9 +10,12 @@ attempts, 0 s, +1 s, +2 s, +3 s):
   sent on its own, and a replay once the receiver is back delivers it with the
   same ``webhook-id``."""
 
+# The e2e module's `alerts` and `producer` fixtures are imported (with this module's
+# `alerts_env`), so the tests' parameters of those names look like redefinitions.
+# ruff: noqa: F401, F811
+
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -21,8 +24,10 @@ from aiokafka import AIOKafkaProducer
 from tests.e2e.test_alerts_webhooks_e2e import (
     _with_status,
     account,
+    alerts,
     api,
     deliveries_of,
+    producer,
     publish,
     snapshot,
     subscribe,
@@ -30,6 +35,7 @@ from tests.e2e.test_alerts_webhooks_e2e import (
     wait_until,
 )
 from tests.infra import ServiceProcess
+from tests.reliability.test_crash_matrix import pipeline_env
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,31 +43,12 @@ SCHEDULE = "0,1,2,3"
 
 
 @pytest.fixture(scope="module")
-def outage_env(env: dict[str, str]) -> dict[str, str]:
-    return env | {
-        "HEALTHSCORE_WEBHOOK_ALLOWLIST": "127.0.0.1/32",
+def alerts_env(env: dict[str, str]) -> dict[str, str]:
+    """Overrides the e2e module's: the same service, this retry schedule."""
+    return pipeline_env(env) | {
         "HEALTHSCORE_WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
-        "HEALTHSCORE_WEBHOOK_RETRY_JITTER": "0",
         "HEALTHSCORE_WEBHOOK_TIMEOUT": "1",
-        "HEALTHSCORE_DELIVERY_POLL_INTERVAL": "0.2",
     }
-
-
-@pytest.fixture(scope="module")
-def alerts(outage_env: dict[str, str]) -> Iterator[ServiceProcess]:
-    proc = ServiceProcess("alerts", outage_env).start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-async def producer(outage_env: dict[str, str]) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=outage_env["KAFKA_BOOTSTRAP_SERVERS"], acks="all")
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def down_receiver() -> Receiver:
@@ -71,19 +58,27 @@ async def down_receiver() -> Receiver:
     return r
 
 
+async def alert_to(
+    receiver: Receiver, alerts: ServiceProcess, producer: AIOKafkaProducer, env: dict[str, str]
+) -> dict[str, Any]:
+    """Subscribe ``receiver`` to a fresh account and make an alert fire for it."""
+    acct = account()
+    sub = await subscribe(alerts.url, receiver.url, acct, event_types=["alert.fired"])
+    await publish(producer, topic(env), snapshot(acct, 1, nps=-50))
+    return sub
+
+
 async def attempts_made(base: str, webhook_id: str, at_least: int) -> list[dict[str, Any]] | None:
     ds = await deliveries_of(base, webhook_id)
     return ds if ds and len(ds[0]["attempt_log"]) >= at_least else None
 
 
 async def test_receiver_back_within_the_schedule_gets_the_alert_once(
-    alerts: ServiceProcess, producer: AIOKafkaProducer, outage_env: dict[str, str]
+    alerts: ServiceProcess, producer: AIOKafkaProducer, alerts_env: dict[str, str]
 ) -> None:
     receiver = await down_receiver()
     try:
-        acct = account()
-        sub = await subscribe(alerts.url, receiver.url, acct, event_types=["alert.fired"])
-        await publish(producer, topic(outage_env), snapshot(acct, 1, nps=-50))
+        sub = await alert_to(receiver, alerts, producer, alerts_env)
         await wait_until(lambda: attempts_made(alerts.url, sub["id"], 2), timeout=30)
         await receiver.start()  # same port: the receiver is back
         [d] = await wait_until(lambda: _with_status(alerts.url, sub["id"], "delivered"), 30)
@@ -98,13 +93,11 @@ async def test_receiver_back_within_the_schedule_gets_the_alert_once(
 
 
 async def test_schedule_exhausted_marks_the_delivery_failed_and_replay_delivers(
-    alerts: ServiceProcess, producer: AIOKafkaProducer, outage_env: dict[str, str]
+    alerts: ServiceProcess, producer: AIOKafkaProducer, alerts_env: dict[str, str]
 ) -> None:
     receiver = await down_receiver()
     try:
-        acct = account()
-        sub = await subscribe(alerts.url, receiver.url, acct, event_types=["alert.fired"])
-        await publish(producer, topic(outage_env), snapshot(acct, 1, nps=-50))
+        sub = await alert_to(receiver, alerts, producer, alerts_env)
         [d] = await wait_until(lambda: _with_status(alerts.url, sub["id"], "failed"), 30)
         assert len(d["attempt_log"]) == len(SCHEDULE.split(","))
         assert all(a["status_code"] is None for a in d["attempt_log"])
