@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
+# Largest request body of the admin and read APIs (rules, subscriptions, the login
+# form are small), given to FastAPI(max_body_size=...): a larger declared
+# Content-Length is refused with 413 before anything is read, a chunked body as
+# soon as it passes the limit. Ingest enforces its own limits (request_body.py).
+MAX_BODY_BYTES = 64 * 1024
+
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     """``[{field, message}]`` for each problem, the field as a dotted path."""

@@ -8,10 +8,10 @@ import contextlib
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
@@ -160,3 +160,113 @@ async def send_keyed(
                     raise ValueError(f"a record of {len(value)} bytes exceeds the batch size")
         acks.append(await producer.send_batch(batch, topic, partition=partition))
     await asyncio.gather(*acks)
+
+
+class BrokerMemoryCheck:
+    """Notices that the broker forgot this consumer group's committed offsets.
+
+    The embedded broker (tansu) keeps everything in memory: after a restart its
+    topics are new, empty logs whose offsets start again at 0, and the group's
+    commits are gone. Offsets stored in Postgres then point into a log that no
+    longer exists, and a consumer still positioned on them would silently skip the
+    first messages of the new log. Kafka-side commits are only hints here, but their
+    *absence* for a partition that has a stored offset (or that this consumer
+    committed) is the sign. Only on the embedded profile: real Kafka keeps commits
+    (their expiry after days of inactivity is not a restart; topics keep their data).
+
+    Who calls it: the consumers' rebalance listeners (:meth:`forgotten`, on every
+    assignment) and their loops (:meth:`lost_state`, on each batch and when idle).
+    Each check is one OffsetFetch round trip, bounded by ``timeout``.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, settings: CommonSettings, timeout: float = 5.0):
+        self.consumer = consumer
+        self.enabled = settings.kafka_profile is KafkaProfile.EMBEDDED
+        self.timeout = timeout
+        self._committed: set[TopicPartition] = set()
+
+    def committed(self, tps: Iterable[TopicPartition]) -> None:
+        """Record partitions this consumer committed successfully."""
+        self._committed.update(tps)
+
+    async def _forgot(self, tp: TopicPartition) -> bool:
+        try:
+            return await asyncio.wait_for(self.consumer.committed(tp), self.timeout) is None
+        except Exception:  # a coordinator that cannot answer: rebuilding is harmless
+            return True
+
+    async def forgotten(self, stored: Iterable[TopicPartition]) -> list[TopicPartition]:
+        """Of the partitions with offsets stored in Postgres, those the broker has no
+        commit for: their stored offsets belong to a log the broker no longer has."""
+        if not self.enabled:
+            return []
+        return [tp for tp in stored if await self._forgot(tp)]
+
+    async def lost_state(self, tps: Iterable[TopicPartition] | None = None) -> bool:
+        """True when the broker forgot a commit this consumer made (it restarted
+        empty): the caller drops the batch in hand and rebuilds its consumer."""
+        if not self.enabled:
+            return False
+        known = [tp for tp in (self._committed if tps is None else tps) if tp in self._committed]
+        return bool(known) and await self._forgot(known[0])
+
+
+async def ensure_topics_until(settings: CommonSettings, stop: asyncio.Event) -> None:
+    """:func:`ensure_topics`, retried every second until it succeeds or ``stop``."""
+    while not stop.is_set():
+        try:
+            await ensure_topics(settings, timeout=10)
+            return
+        except Exception as exc:  # broker not back yet
+            log.warning("creating topics failed; retrying", extra={"error": str(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def consume_until_stopped(
+    settings: CommonSettings,
+    group_id: str,
+    subscribe: Callable[[AIOKafkaConsumer, BrokerMemoryCheck], None],
+    consume: Callable[[AIOKafkaConsumer, BrokerMemoryCheck], Awaitable[bool]],
+    stop: asyncio.Event,
+) -> None:
+    """Run ``consume`` on a started consumer until ``stop``. When ``consume``
+    returns True (the broker lost its state: :class:`BrokerMemoryCheck`), the
+    consumer is stopped, the topics are created again with their configured
+    partition counts, and a fresh consumer takes over — EMBEDDED.md: "after a broker
+    restart, re-create topics and restart consumers"."""
+    while not stop.is_set():
+        consumer = make_consumer(settings, group_id)
+        check = BrokerMemoryCheck(consumer, settings)
+        subscribe(consumer, check)
+        await consumer.start()
+        try:
+            rebuild = await consume(consumer, check)
+        finally:
+            try:
+                await asyncio.wait_for(consumer.stop(), 10)
+            except TimeoutError:
+                log.warning("consumer did not stop within 10 s")
+        if not rebuild:
+            return
+        log.warning(
+            "the broker lost its state (restarted empty): re-creating topics, new consumer",
+            extra={"group": group_id},
+        )
+        await ensure_topics_until(settings, stop)
+
+
+REASON_HEADER = "x-healthscore-reason"
+
+
+async def dead_letter(producer: AIOKafkaProducer, dlq_topic: str, msg: Any, reason: str) -> None:
+    """Put a consumed message that cannot be processed on the dead-letter topic
+    (SPEC §8), unchanged, with the reason and where it came from in headers; the
+    caller then commits past it. Waits for the broker's acknowledgement."""
+    headers = [
+        (REASON_HEADER, reason[:1000].encode()),
+        ("x-healthscore-topic", msg.topic.encode()),
+        ("x-healthscore-partition", str(msg.partition).encode()),
+        ("x-healthscore-offset", str(msg.offset).encode()),
+    ]
+    await producer.send_and_wait(dlq_topic, msg.value, key=msg.key, headers=headers)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from shared.embedded import TansuBroker
 from tests.infra import Infra, drop_database, new_database, service_env, start_infra, stop_infra
 
 
@@ -45,3 +47,13 @@ def monkeyenv(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict[str,
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[TansuBroker]:
+    """A tansu broker of this test only, which it may stop and start again (same port)."""
+    b = TansuBroker(log_path=tmp_path / "broker.log").start()
+    try:
+        yield b
+    finally:
+        b.stop()

@@ -54,11 +54,25 @@ async def read_topic(
 
     Reads until ``at_least`` messages arrived and nothing new came for ``idle``
     seconds (or ``timeout``)."""
+    out: list[dict[str, Any]] = []
+    for r in await read_records(bootstrap, topic, at_least=at_least, idle=idle, timeout=timeout):
+        value = orjson.loads(r.value)
+        value["_key"] = r.key.decode() if r.key else None
+        value["_partition"] = r.partition
+        out.append(value)
+    return out
+
+
+async def read_records(
+    bootstrap: str, topic: str, *, at_least: int = 0, idle: float = 1.0, timeout: float = 20.0
+) -> list[Any]:
+    """Every record on ``topic`` as aiokafka gives it (raw value, key, headers), read
+    as :func:`read_topic` does."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
     )
     await consumer.start()
-    out: list[dict[str, Any]] = []
+    out: list[Any] = []
     try:
         parts = await consumer._client._wait_on_metadata(topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
@@ -69,13 +83,10 @@ async def read_topic(
         last_new = loop.time()
         while loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=100)
-            for tp, records in batch.items():
-                for r in records:
-                    value = orjson.loads(r.value)
-                    value["_key"] = r.key.decode() if r.key else None
-                    value["_partition"] = tp.partition
-                    out.append(value)
-                last_new = loop.time()
+            for records in batch.values():
+                out.extend(records)
+                if records:
+                    last_new = loop.time()
             if len(out) >= at_least and loop.time() - last_new > idle:
                 break
     finally:

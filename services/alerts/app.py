@@ -15,7 +15,7 @@ from services.alerts.api import router
 from services.alerts.settings import AlertsSettings
 from shared import db
 from shared.auth import KeyStore
-from shared.http import install_common
+from shared.http import MAX_BODY_BYTES, install_common
 from shared.kafka import broker_reachable
 from shared.runner import WorkerStatus
 
@@ -36,7 +36,12 @@ def create_app(settings: AlertsSettings, workers: WorkerStatus | None = None) ->
             await app.state.http.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="Healthscore alerts", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Healthscore alerts",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
     app.include_router(router)
 
     @app.middleware("http")
@@ -69,6 +74,7 @@ def run(host: str, port: int) -> int:
     from services.alerts.consumer import run_consumer
     from services.alerts.delivery import DeliveryWorker, make_client
     from services.alerts.store import load_default_rules
+    from shared.kafka import make_producer
     from shared.logs import setup_logging
     from shared.runner import preflight, serve
 
@@ -93,9 +99,12 @@ def run(host: str, port: int) -> int:
 
     async def consumer(stop: asyncio.Event) -> None:
         engine = db.create_engine(settings.database_url)
+        producer = make_producer(settings)  # for the dead-letter topic
+        await producer.start()
         try:
-            await run_consumer(settings, engine, stop, wake_event())
+            await run_consumer(settings, engine, producer, stop, wake_event())
         finally:
+            await asyncio.wait_for(producer.stop(), 10)
             await engine.dispose()
 
     async def delivery(stop: asyncio.Event) -> None:

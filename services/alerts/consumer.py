@@ -4,7 +4,8 @@ revision per account, consumed offsets) → Kafka commit.
 
 Idempotent: snapshots with ``revision <= last seen`` for their account are skipped,
 and offsets live in Postgres next to the state (the consumer seeks to them on
-assignment), so a redelivered message never creates a second alert.
+assignment), so a redelivered message never creates a second alert. A message
+that is not a snapshot goes to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from pydantic import ValidationError
-from sqlalchemy import select, text, tuple_, update
+from sqlalchemy import delete, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -29,9 +36,10 @@ from services.alerts.settings import AlertsSettings
 from services.alerts.state_machine import AlertTransition, RuleState, band_change, evaluate
 from services.alerts.tables import accounts_seen, alert_state, alerts, consumer_offsets, deliveries
 from shared.health import HealthSnapshot, is_newer
-from shared.kafka import make_consumer
+from shared.kafka import BrokerMemoryCheck, consume_until_stopped, dead_letter
 
 log = logging.getLogger(__name__)
+IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows us
 
 
 def new_alert_id() -> str:
@@ -247,9 +255,12 @@ def _alert_row(rule: Rule, event: AlertTransition, snap: HealthSnapshot) -> dict
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: AIOKafkaConsumer, engine: AsyncEngine) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, engine: AsyncEngine, check: BrokerMemoryCheck
+    ) -> None:
         self.consumer = consumer
         self.engine = engine
+        self.check = check
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         pass  # batches are applied atomically; nothing half-done to flush
@@ -257,18 +268,31 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         if not assigned:
             return
+        where = tuple_(consumer_offsets.c.topic, consumer_offsets.c.partition).in_(
+            [(tp.topic, tp.partition) for tp in assigned]
+        )
         async with self.engine.connect() as conn:
-            rows = (
+            rows = (await conn.execute(select(consumer_offsets).where(where))).all()
+        stored = {TopicPartition(r.topic, r.partition): r.next_offset for r in rows}
+        lost = await self.check.forgotten(stored)
+        if lost:
+            # Offsets of a log the (embedded) broker no longer has: read the new log
+            # from its start (snapshots are idempotent by revision).
+            log.warning(
+                "stored offsets belong to a log the broker lost; reading from the start",
+                extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in lost]},
+            )
+            async with self.engine.begin() as conn:
                 await conn.execute(
-                    select(consumer_offsets).where(
+                    delete(consumer_offsets).where(
                         tuple_(consumer_offsets.c.topic, consumer_offsets.c.partition).in_(
-                            [(tp.topic, tp.partition) for tp in assigned]
+                            [(tp.topic, tp.partition) for tp in lost]
                         )
                     )
                 )
-            ).all()
-        for r in rows:
-            self.consumer.seek(TopicPartition(r.topic, r.partition), r.next_offset)
+        for tp, offset in stored.items():
+            if tp not in lost:
+                self.consumer.seek(tp, offset)
 
 
 async def _store_offsets(conn: AsyncConnection, offsets: dict[TopicPartition, int]) -> None:
@@ -284,37 +308,59 @@ async def _store_offsets(conn: AsyncConnection, offsets: dict[TopicPartition, in
     )
 
 
+async def decode_or_dead_letter(
+    messages: Sequence[Any], producer: AIOKafkaProducer, dlq_topic: str
+) -> list[HealthSnapshot]:
+    """The snapshots of ``messages``; a message that is not one (corrupt, or failing
+    validation) goes to the dead-letter topic with the reason (SPEC §8)."""
+    snapshots: list[HealthSnapshot] = []
+    for msg in messages:
+        try:
+            snapshots.append(HealthSnapshot.decode(msg.value))
+        except (ValidationError, ValueError) as exc:
+            reason = f"not a health snapshot: {exc}"
+            log.warning(
+                "dead-lettered a health message",
+                extra={"partition": msg.partition, "offset": msg.offset, "reason": reason[:500]},
+            )
+            await dead_letter(producer, dlq_topic, msg, reason)
+            metrics.DEAD_LETTERED.inc()
+    return snapshots
+
+
 async def run_consumer(
     settings: AlertsSettings,
     engine: AsyncEngine,
+    producer: AIOKafkaProducer,
     stop: asyncio.Event,
     outbox_changed: asyncio.Event | None = None,
 ) -> None:
     """Consume the health topic until ``stop`` is set; finishes the batch in hand.
-    Sets ``outbox_changed`` after a commit that added deliveries (wakes the workers)."""
-    consumer = make_consumer(settings, settings.consumer_group)
-    consumer.subscribe([settings.topics.health], listener=_SeekToStored(consumer, engine))
-    await consumer.start()
-    try:
+    Sets ``outbox_changed`` after a commit that added deliveries (wakes the workers).
+    ``producer`` writes undecodable messages to the dead-letter topic."""
+
+    def subscribe(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> None:
+        consumer.subscribe(
+            [settings.topics.health], listener=_SeekToStored(consumer, engine, check)
+        )
+
+    async def consume(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> bool:
+        idle_since = time.monotonic()
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=settings.health_batch_max)
             if not batches:
+                if time.monotonic() - idle_since > IDLE_CHECK_SECONDS:
+                    idle_since = time.monotonic()
+                    if await check.lost_state():
+                        return True
                 continue
+            if await check.lost_state(batches):
+                return True  # the batch is from a new log: drop it, rebuild
+            idle_since = time.monotonic()
             snapshots: list[HealthSnapshot] = []
             offsets: dict[TopicPartition, int] = {}
             for tp, messages in batches.items():
-                for msg in messages:
-                    try:
-                        snapshots.append(HealthSnapshot.decode(msg.value))
-                    except (ValidationError, ValueError) as exc:
-                        log.warning(
-                            "undecodable health snapshot skipped",
-                            extra={
-                                "partition": tp.partition,
-                                "offset": msg.offset,
-                                "reason": str(exc)[:500],
-                            },
-                        )
+                snapshots += await decode_or_dead_letter(messages, producer, settings.topics.dlq)
                 offsets[tp] = messages[-1].offset + 1
             async with engine.begin() as conn:
                 result = await apply_snapshots(conn, snapshots, settings.dashboard_url)
@@ -325,10 +371,9 @@ async def run_consumer(
                 outbox_changed.set()
             try:
                 await asyncio.wait_for(consumer.commit(offsets), 10)
+                check.committed(offsets)
             except Exception as exc:  # the Kafka commit is a hint; Postgres holds the truth
                 log.warning("kafka commit failed", extra={"reason": str(exc)})
-    finally:
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except TimeoutError:
-            log.warning("consumer did not stop within 10 s")
+        return False
+
+    await consume_until_stopped(settings, settings.consumer_group, subscribe, consume, stop)

@@ -31,3 +31,7 @@ ALERT_TO_DELIVERY = Histogram(
     "From an alert recorded to its webhook delivered (first success).",
     buckets=LATENCY_BUCKETS,
 )
+DEAD_LETTERED = Counter(
+    "healthscore_alerts_dead_lettered",
+    "Health-topic messages that could not be decoded and went to the dead-letter topic.",
+)

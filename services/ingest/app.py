@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -56,7 +57,7 @@ from shared import db
 from shared.auth import ApiKey, KeyStore, Scope, key_from_headers
 from shared.events import MAX_REQUEST_BYTES
 from shared.http import install_common
-from shared.kafka import broker_reachable, make_producer
+from shared.kafka import broker_reachable, ensure_topics, make_producer
 
 SEGMENT_ROUTES = ("track", "identify", "group", "page", "screen", "alias")
 
@@ -70,7 +71,14 @@ def create_app(settings: IngestSettings) -> FastAPI:
         app.state.engine = engine
         app.state.keys = KeyStore(engine, settings.bootstrap_key)
         app.state.producer = producer
-        app.state.publisher = Publisher(producer, settings.topics, settings.publish_timeout_seconds)
+        app.state.publisher = Publisher(
+            producer,
+            settings.topics,
+            settings.publish_timeout_seconds,
+            ensure_topics=partial(
+                ensure_topics, settings, timeout=settings.publish_timeout_seconds
+            ),
+        )
         app.state.rate_limiter = RateLimiter()
         try:
             yield

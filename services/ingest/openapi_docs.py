@@ -215,8 +215,11 @@ SEGMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **{k: v for k, v in _COMMON_ERRORS.items() if k != 400},
     400: {
-        "description": "Malformed JSON, or (with X-Strict-Mode: 1) any invalid item",
-        "content": {"application/json": {"schema": _ref("EventErrors")}},
+        "description": "Malformed JSON or gzip (`detail`), or (with X-Strict-Mode: 1) any "
+        "invalid item (`errors`)",
+        "content": {
+            "application/json": {"schema": {"anyOf": [_ref("EventErrors"), _ref("Detail")]}}
+        },
     },
 }
 

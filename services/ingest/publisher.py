@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -60,9 +60,20 @@ class Publisher:
     batch per partition in flight; each partition has one flusher task handing
     batches over in order."""
 
-    def __init__(self, producer: AIOKafkaProducer, topics: Topics, timeout: float) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topics: Topics,
+        timeout: float,
+        ensure_topics: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.producer = producer
         self.timeout = timeout
+        # After a failure the broker may have restarted empty (the embedded one keeps
+        # topics in memory): create the topics again, with their configured partition
+        # counts, before the next publish would let the broker auto-create them.
+        self.ensure_topics = ensure_topics
+        self._recheck_topics = False
         self._topic_names = {
             Topic.PRODUCT: topics.product,
             Topic.COMMUNICATION: topics.communication,
@@ -86,11 +97,16 @@ class Publisher:
         start = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
+                if self._recheck_topics and self.ensure_topics is not None:
+                    await self.ensure_topics()
+                    self._recheck_topics = False
                 acks = await self._enqueue(messages)
                 await asyncio.gather(*acks)
         except PublishFailed:
+            self._recheck_topics = True
             raise
         except (TimeoutError, Exception) as exc:
+            self._recheck_topics = True
             raise PublishFailed(_describe(exc)) from exc
         PUBLISH_DURATION.observe(time.perf_counter() - start)
 

@@ -24,7 +24,7 @@ from services.scoring.settings import ScoringSettings
 from services.scoring.sweep import run_sweeper
 from shared import db
 from shared.auth import KeyStore
-from shared.http import install_common
+from shared.http import MAX_BODY_BYTES, install_common
 from shared.kafka import broker_reachable
 from shared.runner import WorkerStatus
 
@@ -57,7 +57,12 @@ def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -
             await app.state.pool.close()
             await engine.dispose()
 
-    app = FastAPI(title="Healthscore scoring", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Healthscore scoring",
+        version="0.1.0",
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
 
     async def database_ok() -> bool:
         return await db.ping(app.state.engine)

@@ -45,11 +45,17 @@ from services.scoring.metrics import (
 from services.scoring.score_model import ScoreModel
 from services.scoring.settings import ScoringSettings
 from shared.events import Event, WireError, decode_event
-from shared.kafka import make_consumer, make_producer, send_keyed
+from shared.kafka import (
+    BrokerMemoryCheck,
+    consume_until_stopped,
+    dead_letter,
+    make_producer,
+    send_keyed,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REASON_HEADER = "x-healthscore-reason"
+IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows us
 
 
 async def in_transaction(
@@ -71,10 +77,13 @@ async def in_transaction(
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, consumer: AIOKafkaConsumer, processor: BatchProcessor) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, processor: BatchProcessor, check: BrokerMemoryCheck
+    ) -> None:
         self.consumer = consumer
         self.processor = processor
         self.pool = processor.pool
+        self.check = check
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Batches are applied atomically with their offsets: nothing half-done to
@@ -88,8 +97,17 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         REBALANCES.inc()
         stored = await load_offsets(self.pool, assigned)
+        lost = await self.check.forgotten(stored)
+        if lost:
+            # Offsets of a log the (embedded) broker no longer has: read the new log
+            # from its start; event-id dedup keeps anything read twice from counting.
+            log.warning(
+                "stored offsets belong to a log the broker lost; reading from the start",
+                extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in lost]},
+            )
+            await forget_offsets(self.pool, lost)
         for tp in assigned:
-            if tp in stored:
+            if tp in stored and tp not in lost:
                 self.consumer.seek(tp, stored[tp])
         await self.processor.recover_pending()
 
@@ -108,6 +126,15 @@ async def load_offsets(
     wanted = set(tps)
     out = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
     return {tp: off for tp, off in out.items() if tp in wanted}
+
+
+async def forget_offsets(pool: store.Pool, tps: Sequence[TopicPartition]) -> None:
+    await pool.execute(
+        "DELETE FROM scoring_consumer_offsets"
+        " WHERE (topic, partition) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+        [tp.topic for tp in tps],
+        [tp.partition for tp in tps],
+    )
 
 
 class Fenced(Exception):
@@ -235,15 +262,7 @@ class BatchProcessor:
             await store.mark_published(pg, published)
 
     async def dead_letter(self, msg: Any, reason: str) -> None:
-        headers = [
-            (REASON_HEADER, reason[:1000].encode()),
-            ("x-healthscore-topic", msg.topic.encode()),
-            ("x-healthscore-partition", str(msg.partition).encode()),
-            ("x-healthscore-offset", str(msg.offset).encode()),
-        ]
-        await self.producer.send_and_wait(
-            self.settings.topics.dlq, msg.value, key=msg.key, headers=headers
-        )
+        await dead_letter(self.producer, self.settings.topics.dlq, msg, reason)
 
     async def process(self, batches: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, int]:
         """Apply one batch (windows + offsets, one transaction) and add the accounts
@@ -454,62 +473,83 @@ async def run_consumer(
 
     Work in flight is bounded: one batch being applied while the next one is
     decoded (it is applied only after the previous one committed), and no fetch
-    while more than ``pending_max_accounts`` accounts wait for evaluation."""
-    consumer = make_consumer(settings, settings.consumer_group)
+    while more than ``pending_max_accounts`` accounts wait for evaluation. A broker
+    that lost its state (the embedded one, restarted) gets a fresh consumer
+    (:func:`consume_until_stopped`)."""
     processor = BatchProcessor(settings, pool, producer, model, clock)
-    consumer.subscribe(list(settings.topics.events), listener=_SeekToStored(consumer, processor))
     evaluated = asyncio.Event()
     evaluator = asyncio.create_task(run_evaluator(processor, evaluated), name="evaluator")
-    await consumer.start()
 
-    async def settle(then: Prepared | None = None) -> None:
-        """Wait for the batch being applied, commit its offsets to Kafka, then start
-        applying ``then``. When it was fenced, ``then`` (fetched since, from a
-        position no longer ours) is dropped and the consumer re-seeked to what is
-        stored."""
-        task, processor.applying = processor.applying, None
-        if task is None:
+    def subscribe(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> None:
+        consumer.subscribe(
+            list(settings.topics.events), listener=_SeekToStored(consumer, processor, check)
+        )
+
+    async def consume(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> bool:
+        async def settle(then: Prepared | None = None) -> None:
+            """Wait for the batch being applied, commit its offsets to Kafka, then
+            start applying ``then``. When it was fenced, ``then`` (fetched since, from
+            a position no longer ours) is dropped and the consumer re-seeked to what
+            is stored."""
+            task, processor.applying = processor.applying, None
+            if task is None:
+                if then is not None:
+                    processor.applying = asyncio.create_task(processor.apply(then))
+                return
+            try:
+                offsets = await task
+            except Fenced as exc:
+                # A rebalance moved these partitions meanwhile and their new owner
+                # applied them: resume from what is stored, apply nothing.
+                log.warning("batch fenced; re-seeking", extra={"reason": str(exc)})
+                stored = await load_offsets(pool, list(consumer.assignment()))
+                for tp, offset in stored.items():
+                    consumer.seek(tp, offset)
+                for tp, offset in (then.first if then else {}).items():
+                    if tp not in stored and tp in consumer.assignment():
+                        consumer.seek(tp, offset)  # never applied by anyone: from its start
+                return
             if then is not None:
                 processor.applying = asyncio.create_task(processor.apply(then))
-            return
+            try:
+                await asyncio.wait_for(consumer.commit(offsets), 10)
+                check.committed(offsets)
+            except Exception as exc:  # offsets are safe in Postgres; commit is a hint
+                log.warning("kafka commit failed", extra={"error": str(exc)})
+
+        idle_since = time.monotonic()
         try:
-            offsets = await task
-        except Fenced as exc:
-            # A rebalance moved these partitions meanwhile and their new owner
-            # applied them: resume from what is stored, apply nothing.
-            log.warning("batch fenced; re-seeking", extra={"reason": str(exc)})
-            stored = await load_offsets(pool, list(consumer.assignment()))
-            for tp, offset in stored.items():
-                consumer.seek(tp, offset)
-            for tp, offset in (then.first if then else {}).items():
-                if tp not in stored and tp in consumer.assignment():
-                    consumer.seek(tp, offset)  # never applied by anyone: from its start
-            return
-        if then is not None:
-            processor.applying = asyncio.create_task(processor.apply(then))
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), 10)
-        except Exception as exc:  # offsets are safe in Postgres; commit is a hint
-            log.warning("kafka commit failed", extra={"error": str(exc)})
+            while not stop.is_set():
+                if evaluator.done():
+                    evaluator.result()  # raises what stopped it
+                    raise RuntimeError("the evaluator stopped")
+                if len(processor.pending) > settings.pending_max_accounts:
+                    await settle()
+                    await asyncio.sleep(0.01)  # let the evaluator catch up
+                    continue
+                batches = await consumer.getmany(
+                    timeout_ms=200, max_records=settings.batch_max_events
+                )
+                if batches and await check.lost_state(batches):
+                    return True  # the batch is from a new log: drop it, rebuild
+                if batches:
+                    idle_since = time.monotonic()
+                    # Decode and fold this batch while the previous one is being
+                    # applied; it is applied once the previous one has committed.
+                    await settle(await processor.prepare(batches))
+                else:
+                    await settle()
+                    if time.monotonic() - idle_since > IDLE_CHECK_SECONDS:
+                        idle_since = time.monotonic()
+                        if await check.lost_state():
+                            return True
+                await update_lag(consumer)
+            return False
+        finally:
+            await settle()  # the batch in hand (from before any broker restart)
 
     try:
-        while not stop.is_set():
-            if evaluator.done():
-                evaluator.result()  # raises what stopped it
-                raise RuntimeError("the evaluator stopped")
-            if len(processor.pending) > settings.pending_max_accounts:
-                await settle()
-                await asyncio.sleep(0.01)  # let the evaluator catch up
-                continue
-            batches = await consumer.getmany(timeout_ms=200, max_records=settings.batch_max_events)
-            if batches:
-                # Decode and fold this batch while the previous one is being applied,
-                # then start applying it once the previous one has committed.
-                await settle(await processor.prepare(batches))
-            else:
-                await settle()
-            await update_lag(consumer)
-        await settle()
+        await consume_until_stopped(settings, settings.consumer_group, subscribe, consume, stop)
     finally:
         evaluated.set()
         if not evaluator.done():
@@ -520,10 +560,6 @@ async def run_consumer(
             except TimeoutError:  # what is left stays pending in Postgres for the next owner
                 evaluator.cancel()
                 log.warning("stopped with accounts still pending evaluation")
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)
-        except TimeoutError:
-            log.warning("consumer did not stop within 10 s")
 
 
 def new_producer(settings: ScoringSettings) -> AIOKafkaProducer:

@@ -6,8 +6,6 @@ the same port; tansu keeps nothing across a restart, so topics are re-created.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -19,15 +17,6 @@ from tests.ingest_helpers import AUTH, ingest_client, read_topic, settings_from
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TansuBroker]:
-    b = TansuBroker(log_path=tmp_path / "broker.log").start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
 def body(event_id: str) -> bytes:
     event = {"id": event_id, "type": "login", "account_id": "outage", "user_id": "u"}
     return orjson.dumps({"events": [event]})
@@ -37,8 +26,9 @@ HEADERS = {**AUTH, "Content-Type": "application/json"}
 
 
 async def test_broker_outage_is_503_and_recovery_accepts(
-    broker: TansuBroker, env: dict[str, str]
+    private_broker: TansuBroker, env: dict[str, str]
 ) -> None:
+    broker = private_broker
     settings = settings_from(
         env,
         KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,

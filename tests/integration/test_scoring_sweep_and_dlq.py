@@ -9,10 +9,10 @@ from datetime import UTC, date, datetime, timedelta
 import orjson
 import pytest
 
-from services.scoring.consumer import REASON_HEADER, new_producer
+from services.scoring.consumer import new_producer
 from services.scoring.sweep import sweep_once
 from shared.health import HealthSnapshot
-from shared.kafka import make_consumer
+from shared.kafka import REASON_HEADER, make_consumer
 from tests.integration.scoring_support import Stack, running_stack
 
 NOW = datetime(2026, 5, 10, 9, 0, tzinfo=UTC)

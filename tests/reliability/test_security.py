@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -259,3 +260,60 @@ def test_oversized_or_binary_identifiers_get_a_4xx(
 ) -> None:
     r = httpx.get(stack["scoring"].url + path, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"})
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
+
+
+def _answer_to_raw_request(port: int, head: str, body_chunks: list[bytes]) -> int:
+    """Send ``head`` and ``body_chunks`` on a plain socket, never finishing the body
+    that the head announces; return the status code of the answer. A server that
+    waited for the whole body would never answer (the socket timeout fails the test)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(head.encode())
+        for chunk in body_chunks:
+            sock.sendall(chunk)
+        status_line = sock.recv(65536).split(b"\r\n", 1)[0]
+    return int(status_line.split(b" ")[1])
+
+
+def _chunked(total: int, size: int = 8192) -> list[bytes]:
+    return [f"{size:x}\r\n".encode() + b"x" * size + b"\r\n" for _ in range(total // size)]
+
+
+@pytest.mark.parametrize("name", ["ingest", "scoring", "alerts"])
+def test_oversized_bodies_are_refused_before_being_read_whole(
+    name: str,
+    stack: dict[str, ServiceProcess],
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    routes = [(m, p) for m, p in _routes(name, env, monkeypatch) if m in {"POST", "PUT", "PATCH"}]
+    assert routes, "no body-accepting route found: the walk is broken"
+    port = stack[name].port
+    spec = httpx.get(f"{stack[name].url}/openapi.json").json()
+    reads_body = {
+        (m.upper(), p)
+        for p, ops in spec["paths"].items()
+        for m, op in ops.items()
+        if "requestBody" in op
+    }
+    # scoring's only body is the dashboard login form, which is not in its API schema
+    assert reads_body or name == "scoring", "no documented request body: the check is empty"
+    problems = []
+    for method, path in routes:
+        base = (
+            f"{method} {_fill(path)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {BOOTSTRAP_KEY}\r\nContent-Type: application/json\r\n"
+        )
+        # 1 GB announced, a few bytes sent
+        declared = _answer_to_raw_request(
+            port, base + "Content-Length: 1000000000\r\n\r\n", [b'{"events": [']
+        )
+        # no length announced: chunks keep coming past every limit (2 MiB)
+        streamed = _answer_to_raw_request(
+            port, base + "Transfer-Encoding: chunked\r\n\r\n", _chunked(2 * 1024 * 1024)
+        )
+        # a route that reads a body must refuse it (413); one that does not may
+        # answer anything but success or a server error
+        ok = streamed == 413 if (method, path) in reads_body else 300 <= streamed < 500
+        if declared != 413 or not ok:
+            problems.append(f"{method} {path}: {declared} (declared), {streamed} (chunked)")
+    assert problems == []
