@@ -49,6 +49,20 @@ ALERT_RULE = "negative-nps"  # shipped default: nps < 0, fires once per account
 Event = dict[str, Any]
 
 
+def pipeline_env(env: dict[str, str]) -> dict[str, str]:
+    """The three services with short timings: webhooks to local receivers, a short
+    retry schedule, a fast sweeper (re-publishes snapshots a crash left unsent)."""
+    return env | {
+        "HEALTHSCORE_WEBHOOK_ALLOWLIST": "127.0.0.1/32",
+        "HEALTHSCORE_WEBHOOK_RETRY_SCHEDULE": "0,1,1,2,2,2",
+        "HEALTHSCORE_WEBHOOK_RETRY_JITTER": "0",
+        "HEALTHSCORE_WEBHOOK_TIMEOUT": "2",
+        "HEALTHSCORE_DELIVERY_POLL_INTERVAL": "0.2",
+        "HEALTHSCORE_SWEEP_POLL_SECONDS": "1",
+        "HEALTHSCORE_BATCH_MAX_EVENTS": "200",
+    }
+
+
 def plan(
     accounts: list[str], detractors: set[str], per_account: int, seed: int, prefix: str
 ) -> list[Event]:

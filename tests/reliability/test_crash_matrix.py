@@ -33,6 +33,7 @@ from tests.reliability.pipeline import (
     Event,
     WebhookTally,
     oracle,
+    pipeline_env,
     plan,
     record_figures,
     subscribe,
@@ -50,20 +51,6 @@ KILLS = ["ingest", "scoring", "alerts"] * 3
 BATCH = 40
 STEP = 4  # batches sent between two kills
 SUBSCRIPTIONS = ("a", "b")
-
-
-def pipeline_env(env: dict[str, str]) -> dict[str, str]:
-    """The three services with short timings: webhooks to local receivers, a short
-    retry schedule, a fast sweeper (re-publishes snapshots a crash left unsent)."""
-    return env | {
-        "HEALTHSCORE_WEBHOOK_ALLOWLIST": "127.0.0.1/32",
-        "HEALTHSCORE_WEBHOOK_RETRY_SCHEDULE": "0,1,1,2,2,2",
-        "HEALTHSCORE_WEBHOOK_RETRY_JITTER": "0",
-        "HEALTHSCORE_WEBHOOK_TIMEOUT": "2",
-        "HEALTHSCORE_DELIVERY_POLL_INTERVAL": "0.2",
-        "HEALTHSCORE_SWEEP_POLL_SECONDS": "1",
-        "HEALTHSCORE_BATCH_MAX_EVENTS": "200",
-    }
 
 
 def with_resends(events: list[Event], seed: int) -> list[list[Event]]:
