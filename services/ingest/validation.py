@@ -362,16 +362,56 @@ def validate_events(
         # (every string field has a maximum length), so the hot path skips it.
         check_sizes(raw_events, len(body))
         return [], _problems(exc, prefix=1), raw_events
-    receipt = Receipt.at(now)
+    messages, problems = _finalise_all(parsed, raw_events, Receipt.at(now), new_id)
+    return messages, problems, raw_events
+
+
+def _finalise_all(
+    parsed: list[Mapping[str, Any]],
+    raw_events: list[Any],
+    receipt: Receipt,
+    new_id: Callable[[], str],
+) -> tuple[list[Outgoing], list[Problem]]:
+    """:func:`finalise` for every event of a request, with its hot path inlined:
+    an event with a UTC RFC 3339 timestamp inside the window and no ``sent_at``
+    (nearly all of them) needs no parsed value, only ``id`` and ``received_at``
+    set on the client's object — about half the cost of calling
+    :func:`finalise` per event. Every other event goes through :func:`finalise`.
+    """
     messages: list[Outgoing] = []
     problems: list[Problem] = []
-    for i, (event, raw) in enumerate(zip(parsed, raw_events, strict=True)):
-        result = finalise(i, event, raw, receipt, new_id)
-        if type(result) is Outgoing:
-            messages.append(result)
+    add = messages.append
+    now_text, earliest, latest = receipt.now_text, receipt.earliest_text, receipt.latest_text
+    dumps, topic_of, make = orjson.dumps, TOPIC_OF, tuple.__new__
+    for i, raw in enumerate(raw_events):
+        text = raw.get("timestamp")
+        if (
+            text.__class__ is str
+            and "sent_at" not in raw
+            and len(text) >= 20
+            and text[10] == "T"
+            and text[13] == ":"
+            and text[16] == ":"
+            and (text[-1] == "Z" or text.endswith("+00:00"))
+            and earliest < text[:19] < latest
+        ):
+            if raw.get("id") is None:
+                raw["id"] = new_id()
+            raw["received_at"] = now_text
+            t = raw["type"]
+            add(
+                make(
+                    Outgoing,
+                    (t, topic_of[t], raw["account_id"].encode(), dumps(raw, option=_UTC_Z)),
+                )
+            )
+            continue
+        result = finalise(i, parsed[i], raw, receipt, new_id)
+        if isinstance(result, Problem):
+            problems.append(result)
         else:
-            problems.append(result)  # type: ignore[arg-type]
-    return messages, problems, raw_events
+            add(result)
+    return messages, problems
 
 
 def validate_one(index: int, raw: dict[str, Any]) -> Any:
