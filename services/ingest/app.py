@@ -355,6 +355,11 @@ def keep_freed_memory() -> None:
     returned to the OS and grown again constantly; measured on this workload,
     encoding 500 messages took ~10× longer than with a 64 MiB threshold. Keeping
     up to 64 MiB of freed memory in the process is the cheaper trade.
+
+    Setting the trim threshold also freezes glibc's mmap threshold at 128 KiB, so
+    every larger block — zstd's compression context, ~1 MiB per batch — would be
+    a fresh mmap whose pages fault in on first touch: zstd measured 2.3× slower
+    (0.5 vs 0.22 µs per message). Blocks up to 16 MiB come from the heap instead.
     """
     import ctypes
     import ctypes.util
@@ -366,6 +371,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL(name)
         libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
         libc.mallopt(-2, 16 * 1024 * 1024)  # M_TOP_PAD
+        libc.mallopt(-3, 16 * 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return  # not glibc: nothing to tune
 
