@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -120,7 +121,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         try:
             await request.app.state.publisher.publish(messages)
         except PublishFailed as exc:
-            _count(Counter(m.type for m in messages), "failed")
+            _count(Counter(map(_type_of, messages)), "failed")
             raise HTTPException(503, str(exc), headers=retry_after) from exc
 
     @app.post(
@@ -148,7 +149,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             _count(Counter(type_label(e) for e in raw_events), "rejected")
             return JSONResponse({"errors": [p.as_dict() for p in problems]}, status_code=422)
         await publish(request, messages)
-        _count(Counter(m.type for m in messages), "accepted")
+        _count(Counter(map(_type_of, messages)), "accepted")
         return JSONResponse({"accepted": len(messages)}, status_code=202)
 
     async def segment(request: Request, kind: str | None) -> Response:
@@ -234,7 +235,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         except (SQLAlchemyError, OSError) as exc:
             raise HTTPException(503, "the database is unavailable", headers=retry_after) from exc
         await publish(request, messages)
-        _count(Counter(m.type for m in messages), "accepted")
+        _count(Counter(map(_type_of, messages)), "accepted")
         _count(rejected_types, "rejected")
         return JSONResponse(
             {
@@ -303,6 +304,9 @@ def _segment_message(plan: Plan, receipt: Receipt) -> Outgoing | Problem:
     # message is the model's own JSON, not the client's values.
     raw = event.model_dump(mode="json", exclude_unset=True)
     return finalise(plan.index, event.__dict__, raw, receipt, new_uuid)
+
+
+_type_of = attrgetter("type")
 
 
 def _count(by_type: Counter[str], outcome: str) -> None:
