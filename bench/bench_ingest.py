@@ -191,7 +191,7 @@ def servers_cpu(procs: list[ServiceProcess]) -> float:
 
 
 async def run(ctx: BenchContext) -> list[Row]:
-    n = 60_000 if ctx.quick else 250_000  # per contender
+    n = 60_000 if ctx.quick else 500_000  # per contender
     rounds = 2 if ctx.quick else ROUNDS
     url_db = await ctx.database("ingest")
     env = ctx.env(url_db, ctx.topic_prefix(), HEALTHSCORE_LOG_LEVEL="WARNING")
