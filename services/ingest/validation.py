@@ -11,6 +11,14 @@ mode never coerces, the published message is the client's own JSON object with
 only ``id``, ``timestamp`` and ``received_at`` set by us and ``sent_at`` removed —
 exactly what :func:`shared.events.encode_event` would write for that event, without
 building and dumping a model copy per event.
+
+Two paths, same results: the *express* path (:func:`_express`) takes ordinary
+bodies — UTC timestamps kept as text, no ``sent_at`` — in that one pydantic call
+and nothing else; any other body (or any error) takes the *full* path, which
+parses the body once more for the client's objects, words every problem as the
+catalogue models do, and corrects skew and time zones. The unit tests check that
+the express path takes only what the models accept and publishes what the full
+path would.
 """
 
 from __future__ import annotations
