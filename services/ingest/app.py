@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -128,7 +129,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         try:
             await request.app.state.publisher.publish(messages)
         except PublishFailed as exc:
-            _count(Counter(m.type for m in messages), "failed")
+            _count(Counter(map(_type_of, messages)), "failed")
             raise HTTPException(503, str(exc), headers=retry_after) from exc
 
     @app.post(
@@ -156,7 +157,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
             _count(Counter(type_label(e) for e in raw_events), "rejected")
             return JSONResponse({"errors": [p.as_dict() for p in problems]}, status_code=422)
         await publish(request, messages)
-        _count(Counter(m.type for m in messages), "accepted")
+        _count(Counter(map(_type_of, messages)), "accepted")
         return JSONResponse({"accepted": len(messages)}, status_code=202)
 
     async def segment(request: Request, kind: str | None) -> Response:
@@ -242,7 +243,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         except (SQLAlchemyError, OSError) as exc:
             raise HTTPException(503, "the database is unavailable", headers=retry_after) from exc
         await publish(request, messages)
-        _count(Counter(m.type for m in messages), "accepted")
+        _count(Counter(map(_type_of, messages)), "accepted")
         _count(rejected_types, "rejected")
         return JSONResponse(
             {
@@ -313,6 +314,9 @@ def _segment_message(plan: Plan, receipt: Receipt) -> Outgoing | Problem:
     return finalise(plan.index, event.__dict__, raw, receipt, new_uuid)
 
 
+_type_of = attrgetter("type")
+
+
 def _count(by_type: Counter[str], outcome: str) -> None:
     """Add to ``healthscore_ingest_events_total`` (types are catalogue types or
     "unknown", so the labels stay bounded)."""
@@ -363,6 +367,11 @@ def keep_freed_memory() -> None:
     returned to the OS and grown again constantly; measured on this workload,
     encoding 500 messages took ~10× longer than with a 64 MiB threshold. Keeping
     up to 64 MiB of freed memory in the process is the cheaper trade.
+
+    Setting the trim threshold also freezes glibc's mmap threshold at 128 KiB, so
+    every larger block — zstd's compression context, ~1 MiB per batch — would be
+    a fresh mmap whose pages fault in on first touch: zstd measured 2.3× slower
+    (0.5 vs 0.22 µs per message). Blocks up to 16 MiB come from the heap instead.
     """
     import ctypes
     import ctypes.util
@@ -374,6 +383,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL(name)
         libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
         libc.mallopt(-2, 16 * 1024 * 1024)  # M_TOP_PAD
+        libc.mallopt(-3, 16 * 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return  # not glibc: nothing to tune
 

@@ -153,8 +153,6 @@ class Publisher:
                     assert part.open is not None
                     batch, part.open = part.open, None
                 try:
-                    # waits while this partition's previous batch is in flight;
-                    # meanwhile new messages gather in part.open
                     delivery = await self.producer.send_batch(
                         batch.builder, topic, partition=partition
                     )
@@ -162,6 +160,14 @@ class Publisher:
                     _settle(batch.acked, exc)
                     continue
                 delivery.add_done_callback(partial(_on_delivery, batch.acked))
+                # Hand over the next batch only once this one is acknowledged:
+                # aiokafka has one request in flight per broker anyway, and
+                # meanwhile new messages gather in part.open, so the next produce
+                # request carries everything that arrived during this round trip
+                # (a few large batches instead of one small batch per request —
+                # aiokafka's cost is mostly per batch and per request). Bounded:
+                # a batch stuck in retries must not hold back the partition.
+                await asyncio.wait([delivery], timeout=self.timeout)
         finally:
             part.flusher = None
 

@@ -222,3 +222,132 @@ def test_partition_choice_matches_kafkas_default_partitioner() -> None:
         key = f"account-{i}".encode()
         expected = DefaultPartitioner()(key, partitions, partitions)
         assert partitions[publisher._hash(key) % len(partitions)] == expected
+
+
+_NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)  # window: 2025-05-11 … 2026-06-15T12:05
+_STAMP = "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}{}{}".format
+_fractions = st.sampled_from(["", ".1", ".123456", ".1234567", "."])
+_suffixes = st.sampled_from(["Z", "+00:00", "+01:00", "-00:00", "z", ""])
+_stamps = st.one_of(
+    st.builds(  # anything, mostly invalid
+        _STAMP,
+        *(st.integers(0, 60) for _ in range(5)),
+        st.integers(0, 60),
+        _fractions,
+        _suffixes,
+    ).map(lambda s: s.replace("0000-", "2026-", 1)),
+    st.builds(  # near the window and the ends of months
+        _STAMP,
+        st.sampled_from([0, 2024, 2025, 2026, 2027]),
+        st.integers(0, 13),
+        st.one_of(st.integers(0, 32), st.integers(27, 31)),
+        st.integers(0, 24),
+        st.integers(0, 60),
+        st.integers(0, 60),
+        _fractions,
+        _suffixes,
+    ),
+    st.builds(  # valid-looking, inside the window's years
+        _STAMP,
+        st.sampled_from([2025, 2026]),
+        st.integers(1, 12),
+        st.integers(27, 31),
+        st.integers(0, 23),
+        st.integers(0, 59),
+        st.integers(0, 59),
+        st.sampled_from(["", ".1", ".123456"]),
+        st.sampled_from(["Z", "+00:00"]),
+    ),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_stamps)
+def test_the_express_path_takes_only_timestamps_the_models_accept_and_keeps_their_meaning(
+    stamp: str,
+) -> None:
+    """The express path checks timestamps with a regex and a string comparison
+    instead of parsing them: whatever it takes must be a valid time inside the
+    window, published as the shared encoder would publish it."""
+    from services.ingest.validation import Receipt, _express
+
+    event = {"type": "login", "account_id": "a", "user_id": "u", "timestamp": stamp}
+    body = orjson.dumps({"events": [event]})
+    express = _express(body, Receipt.at(_NOW), lambda: "id-1")
+    messages, problems, _ = validate_events(body, now=_NOW, new_id=lambda: "id-1")
+    if express is None:
+        return  # the full path decided (covered by the tests above)
+    assert problems == []
+    assert express[0] == messages
+    expected = normalise(Login.model_validate(event), received_at=_NOW, new_id="id-1")
+    assert decode_event(messages[0].value) == decode_event(encode_event(expected))
+    assert _NOW - timedelta(days=400) < expected.timestamp < _NOW + timedelta(minutes=5)  # type: ignore[operator]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_events, min_size=1, max_size=3))
+def test_the_express_path_publishes_what_the_full_path_would(
+    events: list[dict[str, object]],
+) -> None:
+    from services.ingest.validation import Receipt, _express
+
+    for e in events:
+        if isinstance(e.get("timestamp"), str):
+            e["timestamp"] = "2026-06-15T11:00:00Z"  # inside the window, when a string
+    body = orjson.dumps({"events": events})
+    express = _express(body, Receipt.at(_NOW), lambda: "id-1")
+    if express is None:
+        return
+    from services.ingest.validation import _MODELS_BODY_ADAPTER
+
+    models = _MODELS_BODY_ADAPTER.validate_json(body, strict=True).events  # must not raise
+    assert len(express[0]) == len(models)
+    for message, model in zip(express[0], models, strict=True):
+        expected = normalise(model, received_at=_NOW, new_id="id-1")
+        assert decode_event(message.value) == decode_event(encode_event(expected))
+        assert message.key == model.account_id.encode() and message.topic == model.topic
+
+
+@pytest.mark.parametrize(
+    ("extra", "express"),
+    [
+        pytest.param({"timestamp": "2026-06-15T11:00:00Z"}, True, id="utc-z"),
+        pytest.param({"timestamp": "2026-06-15T11:00:00.123+00:00"}, True, id="utc-offset"),
+        pytest.param({}, True, id="no-timestamp"),
+        pytest.param({"timestamp": "2026-06-15T13:00:00+02:00"}, False, id="other-offset"),
+        pytest.param({"timestamp": "2026-06-15T11:00:00Z", "sent_at": None}, False, id="sent-at"),
+        pytest.param({"timestamp": "2026-02-29T11:00:00Z"}, False, id="no-such-day"),
+        pytest.param({"timestamp": "2026-06-15T12:05:00Z"}, False, id="window-edge-ok"),
+        pytest.param({"timestamp": "2026-06-15T12:05:00.5Z"}, False, id="window-edge-over"),
+    ],
+)
+def test_ordinary_events_take_the_express_path_and_the_rest_the_full_one(
+    extra: dict[str, object], express: bool
+) -> None:
+    from services.ingest.validation import Receipt, _express
+
+    body = orjson.dumps({"events": [{"type": "login", "account_id": "a", "user_id": "u", **extra}]})
+    assert (_express(body, Receipt.at(_NOW), lambda: "id-1") is not None) == express
+    messages, problems, _ = validate_events(body, now=_NOW)
+    if extra.get("timestamp") in ("2026-02-29T11:00:00Z", "2026-06-15T12:05:00.5Z"):
+        assert [(p.index, p.field) for p in problems] == [(0, "timestamp")] and not messages
+    else:
+        assert problems == [] and len(messages) == 1
+
+
+def test_account_updated_takes_the_full_path_and_keeps_its_dates_as_sent() -> None:
+    from services.ingest.validation import Receipt, _express
+
+    event = {
+        "type": "account_updated",
+        "account_id": "a",
+        "renewal_date": "2027-01-31",
+        "onboarding_completed_at": "2026-01-02T03:04:05.5+02:00",
+    }
+    body = orjson.dumps({"events": [event]})
+    assert _express(body, Receipt.at(_NOW), lambda: "id-1") is None
+    messages, problems, _ = validate_events(body, now=_NOW)
+    assert problems == []
+    published = orjson.loads(messages[0].value)
+    assert published["renewal_date"] == "2027-01-31"
+    assert published["onboarding_completed_at"] == "2026-01-02T03:04:05.5+02:00"
