@@ -362,14 +362,20 @@ SELECT a.account_id,
   sc.revision, pub.revision AS published_revision, sc.score AS prev_score, sc.band AS prev_band,
   sc.kpis AS prev_kpis, acc.applied_seq
 FROM a
-JOIN scoring_accounts acc ON acc.account_id = a.account_id
+-- The per-account tables are read by key (= ANY), never scanned: they take an
+-- update per batch or evaluation, and a scan would pay for every dead row
+-- autovacuum has not reclaimed yet (it grew latency under sustained load).
+JOIN (SELECT * FROM scoring_accounts WHERE account_id = ANY($1::text[])) acc
+  ON acc.account_id = a.account_id
 LEFT JOIN u ON u.account_id = a.account_id
 LEFT JOIN d ON d.account_id = a.account_id
 LEFT JOIN f ON f.account_id = a.account_id
 LEFT JOIN s ON s.account_id = a.account_id
 LEFT JOIN ch ON ch.account_id = a.account_id
-LEFT JOIN scoring_scores sc ON sc.account_id = a.account_id
-LEFT JOIN scoring_published pub ON pub.account_id = a.account_id
+LEFT JOIN (SELECT * FROM scoring_scores WHERE account_id = ANY($1::text[])) sc
+  ON sc.account_id = a.account_id
+LEFT JOIN (SELECT * FROM scoring_published WHERE account_id = ANY($1::text[])) pub
+  ON pub.account_id = a.account_id
 """
 
 
@@ -402,6 +408,10 @@ async def load_states(
     """Everything needed to evaluate ``account_ids`` as of ``as_of``: one query."""
     if not account_ids:
         return []
+    # Planned for these very arrays: a generic plan (what a prepared statement gets
+    # after five runs) guesses their sizes and can pick nested loops that re-run
+    # the window aggregates per account.
+    await pg.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     rows = await pg.fetch(_AGGREGATES_SQL, list(account_ids), as_of, list(key_features))
     out = []
     for r in rows:
