@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench.context import BenchContext, Row
+from shared.embedded import TansuBroker
 from tests.infra import start_infra, stop_infra
 
 RESULTS = Path(__file__).parent / "results"
@@ -28,10 +29,23 @@ def discover() -> list[str]:
     )
 
 
+def fresh_broker(ctx: BenchContext) -> None:
+    """A new embedded broker for each benchmark: tansu keeps every message in memory
+    and its CPU per request grows with what it holds (README "Performance"), so the
+    millions of messages of one benchmark would slow the next."""
+    old = ctx.infra.broker
+    if old is None:  # a real Kafka (KAFKA_BOOTSTRAP_SERVERS): nothing to do
+        return
+    old.stop()
+    new = TansuBroker(log_path=old.log_path).start()
+    ctx.infra.broker, ctx.infra.bootstrap = new, new.bootstrap
+
+
 async def run_all(names: list[str], ctx: BenchContext) -> list[Row]:
     rows: list[Row] = []
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")
+        fresh_broker(ctx)
         print(f"── {name} …", flush=True)
         started = time.perf_counter()
         try:
