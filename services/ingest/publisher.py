@@ -23,11 +23,11 @@ from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from services.ingest.metrics import PUBLISH_DURATION
 from services.ingest.validation import Outgoing
 from shared.events import Topic
+from shared.kafka import partition_of
 from shared.settings import Topics
 
 MAX_BACKLOG_BATCHES = 4  # full batches (≤ 1 MiB each) waiting per partition: bounded memory
@@ -78,16 +78,7 @@ class Publisher:
             Topic.PRODUCT: topics.product,
             Topic.COMMUNICATION: topics.communication,
         }
-        self._hashes: dict[bytes, int] = {}
         self._partitions: dict[tuple[str, int], _Partition] = defaultdict(_Partition)
-
-    def _hash(self, key: bytes) -> int:
-        h = self._hashes.get(key)
-        if h is None:
-            if len(self._hashes) > 200_000:
-                self._hashes.clear()  # bounded memory
-            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return h
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Return once Kafka acknowledged every message (acks=all); raise
@@ -118,7 +109,7 @@ class Publisher:
             parts = partitions.get(topic)
             if parts is None:
                 parts = partitions[topic] = sorted(await self.producer.partitions_for(topic))
-            groups[(topic, parts[self._hash(m.key) % len(parts)])].append(m)
+            groups[(topic, parts[partition_of(m.key, len(parts))])].append(m)
         for tp in groups:
             part = self._partitions.get(tp)
             if part is not None and len(part.full) >= MAX_BACKLOG_BATCHES:
