@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
@@ -98,6 +99,34 @@ async def setup(ctx: BenchContext, label: str) -> ScoringSettings:
     return settings
 
 
+def _aggregate(agg: Counter[tuple[str, Any]], values: Iterable[bytes]) -> None:
+    """Count decoded events per (account, day) into ``agg``."""
+    for v in values:
+        ev = decode_event(v)
+        agg[(ev.account_id, event_day(ev))] += 1
+
+
+async def _day_table(pg: Any, table: str) -> None:
+    await pg.execute(
+        f"CREATE TABLE {table} (account_id text, day date, events int,"
+        " PRIMARY KEY (account_id, day))"
+    )
+
+
+async def _upsert_days(pg: Any, table: str, agg: Counter[tuple[str, Any]]) -> None:
+    """The one batched upsert of the ceilings: unnest arrays, add the counts."""
+    keys = list(agg)
+    await pg.execute(
+        f"""INSERT INTO {table} AS t SELECT * FROM
+            unnest($1::text[], $2::date[], $3::int[])
+            ON CONFLICT (account_id, day) DO UPDATE
+            SET events = t.events + EXCLUDED.events""",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [agg[k] for k in keys],
+    )
+
+
 async def raw_consumer(settings: ScoringSettings, n: int) -> float:
     """Messages/s of a bare aiokafka consumer: fetch and touch every value, nothing else."""
     consumer = make_consumer(settings, "bench-raw", settings.topics.product)
@@ -121,29 +150,15 @@ async def raw_upsert(settings: ScoringSettings, values: list[bytes]) -> float:
     batches = []
     for i in range(0, len(values), 5000):
         agg: Counter[tuple[str, Any]] = Counter()
-        for v in values[i : i + 5000]:
-            ev = decode_event(v)
-            agg[(ev.account_id, event_day(ev))] += 1
+        _aggregate(agg, values[i : i + 5000])
         batches.append(agg)
     pg = await asyncpg.connect(store.dsn(settings.database_url))
-    await pg.execute(
-        "CREATE TABLE bench_raw_upsert (account_id text, day date, events int,"
-        " PRIMARY KEY (account_id, day))"
-    )
+    await _day_table(pg, "bench_raw_upsert")
     started = time.perf_counter()
     try:
         for agg in batches:
-            keys = list(agg)
             async with pg.transaction():
-                await pg.execute(
-                    """INSERT INTO bench_raw_upsert AS t SELECT * FROM
-                       unnest($1::text[], $2::date[], $3::int[])
-                       ON CONFLICT (account_id, day) DO UPDATE
-                       SET events = t.events + EXCLUDED.events""",
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [agg[k] for k in keys],
-                )
+                await _upsert_days(pg, "bench_raw_upsert", agg)
         return len(values) / (time.perf_counter() - started)
     finally:
         await pg.close()
@@ -151,10 +166,7 @@ async def raw_upsert(settings: ScoringSettings, values: list[bytes]) -> float:
 
 async def bare_ceiling(settings: ScoringSettings, n: int) -> float:
     pg = await asyncpg.connect(store.dsn(settings.database_url))
-    await pg.execute(
-        "CREATE TABLE bench_bare (account_id text, day date, events int,"
-        " PRIMARY KEY (account_id, day))"
-    )
+    await _day_table(pg, "bench_bare")
     consumer = make_consumer(settings, "bench-bare", settings.topics.product)
     await consumer.start()
     done = 0
@@ -165,24 +177,13 @@ async def bare_ceiling(settings: ScoringSettings, n: int) -> float:
             agg: Counter[tuple[str, Any]] = Counter()
             offsets = {}
             for tp, msgs in batches.items():
-                for m in msgs:
-                    ev = decode_event(m.value)
-                    agg[(ev.account_id, event_day(ev))] += 1
+                _aggregate(agg, (m.value for m in msgs))
                 offsets[tp] = msgs[-1].offset + 1
                 done += len(msgs)
             if not agg:
                 continue
-            keys = list(agg)
             async with pg.transaction():
-                await pg.execute(
-                    """INSERT INTO bench_bare AS t SELECT * FROM
-                       unnest($1::text[], $2::date[], $3::int[])
-                       ON CONFLICT (account_id, day) DO UPDATE
-                       SET events = t.events + EXCLUDED.events""",
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [agg[k] for k in keys],
-                )
+                await _upsert_days(pg, "bench_bare", agg)
                 await pg.execute(
                     """INSERT INTO scoring_consumer_offsets SELECT * FROM
                        unnest($1::text[], $2::int[], $3::bigint[])
