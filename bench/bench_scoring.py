@@ -34,6 +34,7 @@ from services.scoring.score_model import load_model
 from services.scoring.settings import ScoringSettings
 from shared.events import decode_event, event_day
 from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.runner import calm_garbage_collector
 
 NOW = datetime.now(UTC)
 
@@ -240,6 +241,7 @@ def _evaluations() -> float:
 
 async def run(ctx: BenchContext) -> list[Row]:
     rows: list[Row] = []
+    calm_garbage_collector()  # as the scoring service runs (shared.runner.serve)
     n = 20_000 if ctx.quick else 100_000
 
     # 1. the same data through the bare ceiling and through scoring (1k accounts)

@@ -388,22 +388,6 @@ def keep_freed_memory() -> None:
         return  # not glibc: nothing to tune
 
 
-def calm_garbage_collector() -> None:
-    """Make the cyclic GC cheap for this workload.
-
-    A request creates thousands of short-lived objects (models, dicts) that are
-    freed by reference counting; with the default thresholds the collector still
-    runs hundreds of times per second and walks every long-lived object of the
-    process (FastAPI, SQLAlchemy, aiokafka…) — measured at ~25% of ingest's CPU.
-    Freezing what exists after start-up takes those objects out of collections,
-    and a higher first threshold makes collections rarer.
-    """
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def run(host: str, port: int) -> int:
     from shared.logs import setup_logging
     from shared.runner import preflight, serve
@@ -414,5 +398,4 @@ def run(host: str, port: int) -> int:
 
     asyncio.run(preflight(settings))
     app = create_app(settings)
-    calm_garbage_collector()
     return serve(app, host, port)

@@ -92,7 +92,7 @@ async def evaluate_accounts(
             or st.prev_kpis != kpis
         )
         revision = (st.revision or 0) + 1 if changed else (st.revision or 0)
-        measures = [m.as_dict() for m in ev.measures]
+        kpis_json = orjson.dumps(kpis).decode()
         rows.append(
             store.ScoreRow(
                 account_id=st.account_id,
@@ -105,8 +105,8 @@ async def evaluate_accounts(
                 coverage=ev.coverage,
                 model_version=ev.model_version,
                 in_grace_period=ev.in_grace_period,
-                kpis=kpis,
-                measures=measures,
+                kpis_json=kpis_json,
+                measures_json=store.pack_measures(ev.measures),
                 revision=revision,
                 prev_revision=st.revision,
                 evaluated_seq=st.applied_seq,
@@ -134,8 +134,8 @@ async def evaluate_accounts(
                         "coverage": ev.coverage,
                         "model_version": ev.model_version,
                         "in_grace_period": ev.in_grace_period,
-                        "kpis": kpis,
-                        "measures": measures,
+                        "kpis": orjson.Fragment(kpis_json),
+                        "measures": [m.as_dict() for m in ev.measures],
                         "source_received_at": None if received is None else received.isoformat(),
                     },
                 )

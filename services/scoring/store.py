@@ -8,6 +8,7 @@ CONFLICT DO UPDATE``: one round trip per table per batch, whatever its size.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -293,6 +294,16 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
 _AGGREGATES_SQL = """
 WITH a AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
+-- The per-account tables are read by key (= ANY), never scanned: they take an
+-- update per batch or evaluation, and a scan would pay for every dead row
+-- autovacuum has not reclaimed yet (it grew latency under sustained load).
+-- MATERIALIZED: read once for the whole array; inlined, the planner probed the
+-- index once per account with the whole array again (quadratic in the batch).
+acc AS MATERIALIZED (SELECT * FROM scoring_accounts WHERE account_id = ANY($1::text[])),
+sc AS MATERIALIZED (SELECT account_id, revision, score, band, kpis FROM scoring_scores
+  WHERE account_id = ANY($1::text[])),
+pub AS MATERIALIZED (SELECT account_id, revision FROM scoring_published
+  WHERE account_id = ANY($1::text[])),
 uu AS (  -- one row per active user: distinct counts below without sorting user ids
   SELECT account_id, user_id, max(day) AS last_day, bool_or(day <= $2::date - 28) AS early
   FROM scoring_user_days
@@ -362,20 +373,14 @@ SELECT a.account_id,
   sc.revision, pub.revision AS published_revision, sc.score AS prev_score, sc.band AS prev_band,
   sc.kpis AS prev_kpis, acc.applied_seq
 FROM a
--- The per-account tables are read by key (= ANY), never scanned: they take an
--- update per batch or evaluation, and a scan would pay for every dead row
--- autovacuum has not reclaimed yet (it grew latency under sustained load).
-JOIN (SELECT * FROM scoring_accounts WHERE account_id = ANY($1::text[])) acc
-  ON acc.account_id = a.account_id
+JOIN acc ON acc.account_id = a.account_id
 LEFT JOIN u ON u.account_id = a.account_id
 LEFT JOIN d ON d.account_id = a.account_id
 LEFT JOIN f ON f.account_id = a.account_id
 LEFT JOIN s ON s.account_id = a.account_id
 LEFT JOIN ch ON ch.account_id = a.account_id
-LEFT JOIN (SELECT * FROM scoring_scores WHERE account_id = ANY($1::text[])) sc
-  ON sc.account_id = a.account_id
-LEFT JOIN (SELECT * FROM scoring_published WHERE account_id = ANY($1::text[])) pub
-  ON pub.account_id = a.account_id
+LEFT JOIN sc ON sc.account_id = a.account_id
+LEFT JOIN pub ON pub.account_id = a.account_id
 """
 
 
@@ -467,11 +472,15 @@ async def load_states(
 _MEASURE_FIELDS = ("kpi", "group", "points", "weight", "contribution", "left_on_table")
 
 
-def pack_measures(measures: Sequence[dict[str, Any]]) -> list[list[Any]]:
-    """Stored form of an explanation: one array per measure, without the KPI value
-    (it is in ``kpis``). Keeps score and history rows small (under the TOAST
-    threshold), which matters: they are written for every evaluation."""
-    return [[m[f] for f in _MEASURE_FIELDS] for m in measures]
+_PACK = operator.attrgetter(*_MEASURE_FIELDS)
+
+
+def pack_measures(measures: Sequence[Any]) -> str:
+    """Stored form of an explanation (JSON text), from measures with the
+    :data:`_MEASURE_FIELDS` as attributes: one array per measure, without the KPI
+    value (it is in ``kpis``). Keeps score and history rows small (under the
+    TOAST threshold), which matters: they are written for every evaluation."""
+    return orjson.dumps([_PACK(m) for m in measures]).decode()
 
 
 def unpack_measures(packed: Sequence[Sequence[Any]], kpis: dict[str, Any]) -> list[dict[str, Any]]:
@@ -496,8 +505,8 @@ class ScoreRow:
     coverage: float
     model_version: str
     in_grace_period: bool
-    kpis: dict[str, KpiValue]
-    measures: list[dict[str, Any]]
+    kpis_json: str  # the KPI values as JSON text (encoded once per evaluation)
+    measures_json: str  # the explanation as :func:`pack_measures` stores it
     revision: int
     prev_revision: int | None  # the revision the evaluation read (None: no score yet)
     evaluated_seq: int  # the account's applied_seq the evaluation read
@@ -519,8 +528,8 @@ def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
         [r.coverage for r in rows],
         [r.model_version for r in rows],
         [r.in_grace_period for r in rows],
-        [orjson.dumps(r.kpis).decode() for r in rows],
-        [orjson.dumps(pack_measures(r.measures)).decode() for r in rows],
+        [r.kpis_json for r in rows],
+        [r.measures_json for r in rows],
         [r.trigger for r in rows],
         [r.score_delta_7d for r in rows],
         [r.revision for r in rows],
@@ -528,13 +537,14 @@ def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
     ]
 
 
-async def _save_current(pg: Pg, rows: Sequence[ScoreRow]) -> set[str]:
-    """Write current scores, compare-and-set on the revision each evaluation read:
-    when two evaluations of one account race (the evaluator and a sweep, or two
-    processes around a rebalance), the one that commits first wins and the other
-    writes nothing (its account stays pending and is evaluated again)."""
+async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]]) -> set[str]:
+    """Write current scores (``cols``: their :func:`_score_columns`), compare-and-set
+    on the revision each evaluation read: when two evaluations of one account race
+    (the evaluator and a sweep, or two processes around a rebalance), the one that
+    commits first wins and the other writes nothing (its account stays pending and
+    is evaluated again)."""
     written: set[str] = set()
-    known = [r for r in rows if r.prev_revision is not None]
+    known = [i for i, r in enumerate(rows) if r.prev_revision is not None]
     if known:
         got = await pg.fetch(
             f"""UPDATE scoring_scores AS t SET as_of = x.d, evaluated_at = x.e, score = x.s,
@@ -546,11 +556,11 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow]) -> set[str]:
                 FROM {_SCORE_UNNEST}, $15::bigint[]) AS x({_SCORE_COLUMNS}, prv)
                 WHERE t.account_id = x.a AND t.revision = x.prv
                 RETURNING t.account_id""",
-            *_score_columns(known),
-            [r.prev_revision for r in known],
+            *_pick(cols, known),
+            [rows[i].prev_revision for i in known],
         )
         written.update(r[0] for r in got)
-    fresh = [r for r in rows if r.prev_revision is None]
+    fresh = [i for i, r in enumerate(rows) if r.prev_revision is None]
     if fresh:
         got = await pg.fetch(
             f"""INSERT INTO scoring_scores (account_id, as_of, evaluated_at, score, band,
@@ -559,10 +569,17 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow]) -> set[str]:
                 SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv, es
                 FROM {_SCORE_UNNEST}) AS x({_SCORE_COLUMNS})
                 ON CONFLICT (account_id) DO NOTHING RETURNING account_id""",
-            *_score_columns(fresh),
+            *_pick(cols, fresh),
         )
         written.update(r[0] for r in got)
     return written
+
+
+def _pick(cols: list[list[Any]], index: Sequence[int]) -> list[list[Any]]:
+    """The columns of the rows at ``index`` (all of them when it is every row)."""
+    if len(index) == len(cols[0]):
+        return cols
+    return [[c[i] for i in index] for c in cols]
 
 
 async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True) -> set[str]:
@@ -572,14 +589,14 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
     are not)."""
     if not rows:
         return set()
+    cols = _score_columns(rows)
     if current:
-        written = await _save_current(pg, rows)
-        rows = [r for r in rows if r.account_id in written]
+        written = await _save_current(pg, rows, cols)
+        cols = _pick(cols, [i for i, r in enumerate(rows) if r.account_id in written])
     else:
         written = {r.account_id for r in rows}
-    if not rows:
+    if not cols[0]:
         return written
-    cols = _score_columns(rows)[:10]
     await pg.execute(
         """INSERT INTO scoring_history AS t (account_id, day, evaluated_at, score, band,
              coverage, model_version, in_grace_period, kpis, measures)
@@ -591,7 +608,7 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
              score = EXCLUDED.score, band = EXCLUDED.band, coverage = EXCLUDED.coverage,
              model_version = EXCLUDED.model_version, in_grace_period = EXCLUDED.in_grace_period,
              kpis = EXCLUDED.kpis, measures = EXCLUDED.measures""",
-        *cols,
+        *cols[:10],
     )
     return written
 
