@@ -478,7 +478,11 @@ async def run_consumer(
     (:func:`consume_until_stopped`)."""
     processor = BatchProcessor(settings, pool, producer, model, clock)
     evaluated = asyncio.Event()
-    evaluator = asyncio.create_task(run_evaluator(processor, evaluated), name="evaluator")
+    evaluators = [
+        asyncio.create_task(run_evaluator(processor, evaluated), name=f"evaluator-{i}")
+        for i in range(settings.evaluators)
+    ]
+    evaluator = asyncio.ensure_future(asyncio.gather(*evaluators))
 
     def subscribe(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> None:
         consumer.subscribe(

@@ -19,6 +19,13 @@ class ScoringSettings(CommonSettings):
     evaluate_batch: int = Field(
         default=1_000, ge=1, le=10_000, description="Accounts evaluated per transaction."
     )
+    evaluators: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Evaluation rounds in flight at once (one computes while another "
+        "waits for Postgres).",
+    )
     pending_max_accounts: int = Field(
         default=20_000,
         ge=1,

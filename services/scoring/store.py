@@ -589,6 +589,10 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
     are not)."""
     if not rows:
         return set()
+    # In key order, as every writer of these rows does: two evaluation rounds that
+    # overlap (an account taken again while its previous round runs) then wait for
+    # each other instead of deadlocking.
+    rows = sorted(rows, key=lambda r: r.account_id)
     cols = _score_columns(rows)
     if current:
         written = await _save_current(pg, rows, cols)
@@ -628,13 +632,14 @@ async def pending_accounts(pg: Pg, limit: int | None = None) -> list[str]:
 async def mark_published(pg: Pg, revisions: dict[str, int]) -> None:
     if not revisions:
         return
+    accounts = sorted(revisions)  # key order: concurrent rounds never deadlock
     await pg.execute(
         """INSERT INTO scoring_published AS t (account_id, revision)
            SELECT * FROM unnest($1::text[], $2::bigint[])
            ON CONFLICT (account_id) DO UPDATE
            SET revision = GREATEST(t.revision, EXCLUDED.revision)""",
-        list(revisions),
-        list(revisions.values()),
+        accounts,
+        [revisions[a] for a in accounts],
     )
 
 

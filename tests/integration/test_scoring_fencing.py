@@ -3,6 +3,7 @@ is fenced by the stored offsets: nothing of it is applied twice."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
@@ -176,6 +177,58 @@ async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
         assert (row["revision"], row["kpis"]["dau"]) == (2, 2)
         history = await pool.fetchval("SELECT kpis FROM scoring_history WHERE account_id = 'race'")
         assert history["dau"] == 2
+    finally:
+        await out.stop()
+        await pool.close()
+
+
+async def test_two_evaluation_rounds_in_flight_settle_on_the_newest_windows(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several evaluators (HEALTHSCORE_EVALUATORS), an account can be taken
+    again while its previous round still runs. The round that read older windows
+    loses the compare-and-set, its accounts go back to the pending list, and the
+    stored scores end up showing every event."""
+    settings = settings_from(env)
+    await ensure_topics(settings)
+    pool = await store.create_pool(settings.database_url)
+    out = new_producer(settings)
+    await out.start()
+    model = load_model()
+    accounts = [f"twin{i}" for i in range(5)]
+    try:
+        proc = BatchProcessor(settings, pool, out, model, FixedClock(NOW))
+        await proc.process(await _batch_of(settings, [_login(1, a, "u1") for a in accounts]))
+        assert await proc.evaluate_pending() == len(accounts)  # revision 1 each
+        await proc.process(await _batch_of(settings, [_login(2, a, "u2") for a in accounts]))
+
+        real_load = store.load_states
+        first_read, second_done = asyncio.Event(), asyncio.Event()
+
+        async def load(*args: Any, **kwargs: Any) -> list[store.AccountState]:
+            states = await real_load(*args, **kwargs)
+            if not first_read.is_set():  # the older round: hold it until the newer commits
+                first_read.set()
+                await second_done.wait()
+            return states
+
+        monkeypatch.setattr(store, "load_states", load)
+        older = asyncio.create_task(proc.evaluate_pending())
+        await first_read.wait()
+        await proc.process(await _batch_of(settings, [_login(3, a, "u3") for a in accounts]))
+        assert await proc.evaluate_pending() == len(accounts)  # the newer round: dau 3
+        second_done.set()
+        assert await older == 0  # read dau 2 before the newer round wrote: writes nothing
+        while proc.pending:  # what the older round lost is evaluated again
+            await proc.evaluate_pending()
+
+        rows = await pool.fetch(
+            "SELECT account_id, revision, kpis FROM scoring_scores WHERE account_id = ANY($1)",
+            accounts,
+        )
+        assert {r["account_id"]: r["kpis"]["dau"] for r in rows} == dict.fromkeys(accounts, 3)
+        assert {r["revision"] for r in rows} == {2}
+        assert not set(accounts) & set(await store.pending_accounts(pool))
     finally:
         await out.stop()
         await pool.close()
