@@ -54,7 +54,9 @@ async def run(ctx: BenchContext) -> list[Row]:
             assert r.status_code == 202, r.text
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        if total(scrape(scoring.url), "healthscore_scoring_events_total") >= len(events):
+        if total(scrape(scoring.url), "healthscore_scoring_events_total", outcome="applied") >= len(
+            events
+        ):
             break
         await asyncio.sleep(1)
     n = 5 if ctx.quick else 20

@@ -67,7 +67,9 @@ async def _drain(ctx: BenchContext, consumers: int, payloads: list[tuple[str, by
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         metrics = [scrape(p.url) for p in procs]
-        applied = sum(total(m, "healthscore_scoring_events_total") for m in metrics)
+        applied = sum(
+            total(m, "healthscore_scoring_events_total", outcome="applied") for m in metrics
+        )  # not the duplicates: events a rebalance redelivered that dedup dropped
         scored = sum(total(m, "healthscore_scoring_event_to_score_seconds_count") for m in metrics)
         if first is None and applied > 0:
             first, first_count = time.perf_counter(), applied
