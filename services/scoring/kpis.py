@@ -38,9 +38,11 @@ KPI_NAMES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class WindowAggregates:
-    """What the windows hold for one account as of one UTC day.
+    """What the windows hold for one account as of one UTC day (a plain slots
+    class, not frozen: one is built per account per evaluation, and frozen
+    dataclasses pay a ``object.__setattr__`` call per field).
 
     Day ranges (inclusive): 7-day = D−6…D, 30-day = D−29…D, 90-day = D−89…D,
     the comparison week of ``usage_trend`` = D−34…D−28.

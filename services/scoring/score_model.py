@@ -17,7 +17,7 @@ measures with data; below ``min_coverage`` the score is null.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -217,9 +217,21 @@ class _Plan:
     # applied groups: (group weight, Σ measure weights, ((kpi, measure weight), ...))
     applied: tuple[tuple[float, float, tuple[tuple[str, float], ...]], ...]
     total_group_weight: float
+    # which shown measures have a value → their weights (see _weights); few distinct
+    # patterns occur, and renormalising was a third of an evaluation
+    weights: dict[tuple[bool, ...], _Weights] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Weights:
+    coverage: float
+    with_data: bool  # some applied measure has a value
+    effective: tuple[float | None, ...]  # per shown measure; None: left out
+    shown: tuple[float, ...]  # the same, rounded as the explanation shows it (0 left out)
 
 
 _PLANS: dict[tuple[int, str | None, bool], tuple[ScoreModel, _Plan]] = {}
+_MAX_PATTERNS = 4096
 
 
 def _plan(model: ScoreModel, lifecycle_stage: str | None, grace: bool) -> _Plan:
@@ -239,6 +251,39 @@ def _plan(model: ScoreModel, lifecycle_stage: str | None, grace: bool) -> _Plan:
     return plan
 
 
+def _weights(plan: _Plan, present: tuple[bool, ...]) -> _Weights:
+    """Coverage and effective weights when the shown measures flagged in ``present``
+    have a value: groups and measures without data are left out and the others
+    renormalised (SPEC §5)."""
+    cached = plan.weights.get(present)
+    if cached is not None:
+        return cached
+    has = {kpi for (kpi, _, _, _), p in zip(plan.shown, present, strict=True) if p}
+    coverage = 0.0
+    with_data: list[tuple[float, float, list[tuple[str, float]]]] = []
+    for group_w, group_m_w, ms in plan.applied:
+        have = [(kpi, w) for kpi, w in ms if kpi in has]
+        if have:
+            have_w = sum(w for _, w in have)
+            coverage += (group_w / plan.total_group_weight) * (have_w / group_m_w)
+            with_data.append((group_w, have_w, have))
+    effective: dict[str, float] = {}
+    data_group_w = sum(g[0] for g in with_data)
+    for group_w, have_w, have in with_data:
+        for kpi, w in have:
+            effective[kpi] = (group_w / data_group_w) * (w / have_w)
+    eff = tuple(effective.get(kpi) for kpi, _, _, _ in plan.shown)
+    out = _Weights(
+        coverage=round(coverage, 6),
+        with_data=bool(with_data),
+        effective=eff,
+        shown=tuple(0.0 if e is None else round(e, 6) for e in eff),
+    )
+    if len(plan.weights) < _MAX_PATTERNS:
+        plan.weights[present] = out
+    return out
+
+
 def evaluate(
     model: ScoreModel,
     kpis: Mapping[str, KpiValue],
@@ -249,25 +294,15 @@ def evaluate(
 ) -> Evaluation:
     grace = in_grace_period(lifecycle_stage, onboarding_completed_at, as_of, model.grace_days)
     plan = _plan(model, lifecycle_stage, grace)
-    coverage = 0.0
-    with_data: list[tuple[float, float, list[tuple[str, float]]]] = []
-    for group_w, group_m_w, ms in plan.applied:
-        have = [(kpi, w) for kpi, w in ms if kpis.get(kpi) is not None]
-        if have:
-            have_w = sum(w for _, w in have)
-            coverage += (group_w / plan.total_group_weight) * (have_w / group_m_w)
-            with_data.append((group_w, have_w, have))
-    coverage = round(coverage, 6)
-    effective: dict[str, float] = {}
-    data_group_w = sum(g[0] for g in with_data)
-    for group_w, have_w, have in with_data:
-        for kpi, w in have:
-            effective[kpi] = (group_w / data_group_w) * (w / have_w)
+    get = kpis.get
+    values = [get(kpi) for kpi, _, _, _ in plan.shown]
+    weights = _weights(plan, tuple(v is not None for v in values))
+    coverage = weights.coverage
     results: list[MeasureScore] = []
     score_sum = 0.0
-    for kpi, group, red, green in plan.shown:
-        value = kpis.get(kpi)
-        eff = effective.get(kpi)
+    for (kpi, group, red, green), value, eff, eff_shown in zip(
+        plan.shown, values, weights.effective, weights.shown, strict=True
+    ):
         if eff is None or value is None:
             results.append(MeasureScore(kpi, group, value, None, 0.0, 0.0, 0.0))
             continue
@@ -280,12 +315,12 @@ def evaluate(
                 group,
                 value,
                 round(pts, 2),
-                round(eff, 6),
+                eff_shown,
                 round(contribution, 4),
                 round((100.0 - pts) * eff, 4),
             )
         )
-    score = round(score_sum, 2) if with_data and coverage >= model.min_coverage else None
+    score = round(score_sum, 2) if weights.with_data and coverage >= model.min_coverage else None
     return Evaluation(
         score=score,
         band=model.band(score),

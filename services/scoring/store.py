@@ -384,7 +384,7 @@ LEFT JOIN pub ON pub.account_id = a.account_id
 """
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AccountState:
     """One account as read for an evaluation: window aggregates, attributes, last score."""
 
