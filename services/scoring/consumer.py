@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -183,10 +183,19 @@ class Pending:
 
     def __init__(self) -> None:
         self._accounts: dict[str, list[float]] = {}
+        # taken by an evaluation round that has not finished (published) yet: not
+        # taken again meanwhile, so one account is never evaluated by two rounds
+        # at once (the later one would find the first's snapshot not yet recorded
+        # as published and publish that revision again)
+        self._in_flight: set[str] = set()
         self.changed = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._accounts)
+
+    def ready(self) -> bool:
+        """Some pending account can be taken (is not in a round already)."""
+        return len(self._accounts) > len(self._in_flight & self._accounts.keys())
 
     def add(self, account: str, received: Sequence[float] = ()) -> None:
         held = self._accounts.get(account)
@@ -197,15 +206,25 @@ class Pending:
         self.changed.set()
 
     def take(self, limit: int) -> dict[str, list[float]]:
-        """The ``limit`` accounts waiting longest (removed from the list)."""
+        """The ``limit`` accounts waiting longest that no round holds (removed from
+        the list and held until :meth:`release`)."""
         taken: dict[str, list[float]] = {}
+        busy = self._in_flight
         for account in self._accounts:
             if len(taken) == limit:
                 break
-            taken[account] = self._accounts[account]
+            if account not in busy:
+                taken[account] = self._accounts[account]
         for account in taken:
             del self._accounts[account]
+        busy.update(taken)
         return taken
+
+    def release(self, accounts: Iterable[str]) -> None:
+        """The round that took ``accounts`` is over: they can be taken again."""
+        self._in_flight.difference_update(accounts)
+        if self._accounts:
+            self.changed.set()
 
     def restore(self, taken: dict[str, list[float]]) -> None:
         """Put accounts back at the front (an evaluation that failed or lost a race)."""
@@ -370,24 +389,28 @@ class BatchProcessor:
                 source_received_at=first_received,
             )
 
+        accounts = list(taken)
         published, self.published = self.published, {}
         try:
-            done = await in_transaction(self.pool, work)
-        except BaseException:
-            self.published = published | self.published
-            self.pending.restore(taken)
-            raise
-        committed = time.time()
-        for account in done.written:
-            for received in taken.pop(account):
-                EVENT_TO_SCORE.observe(max(0.0, committed - received))
-        self.pending.restore(taken)  # lost to a concurrent evaluation: again, later
-        # Recorded as published inside the next round's transaction (saves a commit
-        # per round); if the process dies first, the sweeper republishes them.
-        self.published.update(
-            await send_snapshots(self.producer, self.settings.topics.health, done.snapshots)
-        )
-        return len(done.written)
+            try:
+                done = await in_transaction(self.pool, work)
+            except BaseException:
+                self.published = published | self.published
+                self.pending.restore(taken)
+                raise
+            committed = time.time()
+            for account in done.written:
+                for received in taken.pop(account):
+                    EVENT_TO_SCORE.observe(max(0.0, committed - received))
+            self.pending.restore(taken)  # lost to a concurrent evaluation: again, later
+            # Recorded as published inside the next round's transaction (saves a
+            # commit per round); if the process dies first, the sweeper republishes.
+            self.published.update(
+                await send_snapshots(self.producer, self.settings.topics.health, done.snapshots)
+            )
+            return len(done.written)
+        finally:
+            self.pending.release(accounts)
 
     async def recover_pending(self) -> None:
         """Add the accounts whose score lags their windows (left by a crash or by
@@ -403,10 +426,10 @@ async def run_evaluator(processor: BatchProcessor, done: asyncio.Event) -> None:
     pending = processor.pending
     while True:
         PENDING_ACCOUNTS.set(len(pending))
-        if not pending:
+        if not pending.ready():  # nothing, or only accounts another round holds
             if processor.published:  # idle: record what was published meanwhile
                 await processor.flush_published()
-            if done.is_set():
+            if done.is_set() and not pending:
                 return
             pending.changed.clear()
             with contextlib.suppress(TimeoutError):

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from services.scoring import store
+from services.scoring import consumer, store
 from services.scoring.clock import FixedClock
 from services.scoring.consumer import BatchProcessor, Fenced, new_producer
 from services.scoring.evaluation import evaluate_accounts
@@ -182,13 +182,14 @@ async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
         await pool.close()
 
 
-async def test_two_evaluation_rounds_in_flight_settle_on_the_newest_windows(
+async def test_an_account_in_an_evaluation_round_waits_for_it_to_finish(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With several evaluators (HEALTHSCORE_EVALUATORS), an account can be taken
-    again while its previous round still runs. The round that read older windows
-    loses the compare-and-set, its accounts go back to the pending list, and the
-    stored scores end up showing every event."""
+    """With several evaluators (HEALTHSCORE_EVALUATORS), an account that takes events
+    while a round holds it is not taken by a second round meanwhile (the second
+    would publish the first's revision again, not yet recorded as published); once
+    the first round is over it is evaluated again and its score shows every event,
+    each revision published once."""
     settings = settings_from(env)
     await ensure_topics(settings)
     pool = await store.create_pool(settings.database_url)
@@ -199,35 +200,43 @@ async def test_two_evaluation_rounds_in_flight_settle_on_the_newest_windows(
     try:
         proc = BatchProcessor(settings, pool, out, model, FixedClock(NOW))
         await proc.process(await _batch_of(settings, [_login(1, a, "u1") for a in accounts]))
-        assert await proc.evaluate_pending() == len(accounts)  # revision 1 each
-        await proc.process(await _batch_of(settings, [_login(2, a, "u2") for a in accounts]))
+        sent: list[tuple[str, int]] = []
+        real_send = consumer.send_snapshots
 
+        async def send(producer: Any, topic: str, snapshots: Any) -> dict[str, int]:
+            sent.extend((s.account_id, s.revision) for s in snapshots)
+            return await real_send(producer, topic, snapshots)
+
+        monkeypatch.setattr(consumer, "send_snapshots", send)
         real_load = store.load_states
-        first_read, second_done = asyncio.Event(), asyncio.Event()
+        held, go = asyncio.Event(), asyncio.Event()
 
         async def load(*args: Any, **kwargs: Any) -> list[store.AccountState]:
             states = await real_load(*args, **kwargs)
-            if not first_read.is_set():  # the older round: hold it until the newer commits
-                first_read.set()
-                await second_done.wait()
+            if not held.is_set():  # the first round: hold it while events arrive
+                held.set()
+                await go.wait()
             return states
 
         monkeypatch.setattr(store, "load_states", load)
-        older = asyncio.create_task(proc.evaluate_pending())
-        await first_read.wait()
-        await proc.process(await _batch_of(settings, [_login(3, a, "u3") for a in accounts]))
-        assert await proc.evaluate_pending() == len(accounts)  # the newer round: dau 3
-        second_done.set()
-        assert await older == 0  # read dau 2 before the newer round wrote: writes nothing
-        while proc.pending:  # what the older round lost is evaluated again
-            await proc.evaluate_pending()
+        first = asyncio.create_task(proc.evaluate_pending())
+        await held.wait()
+        await proc.process(await _batch_of(settings, [_login(2, a, "u2") for a in accounts]))
+        assert len(proc.pending) == len(accounts)
+        assert not proc.pending.ready()
+        assert await proc.evaluate_pending() == 0  # held by the first round: not taken
+        go.set()
+        assert await first == len(accounts)  # dau 1, revision 1
+        assert proc.pending.ready()
+        assert await proc.evaluate_pending() == len(accounts)  # dau 2, revision 2
 
         rows = await pool.fetch(
             "SELECT account_id, revision, kpis FROM scoring_scores WHERE account_id = ANY($1)",
             accounts,
         )
-        assert {r["account_id"]: r["kpis"]["dau"] for r in rows} == dict.fromkeys(accounts, 3)
+        assert {r["account_id"]: r["kpis"]["dau"] for r in rows} == dict.fromkeys(accounts, 2)
         assert {r["revision"] for r in rows} == {2}
+        assert sorted(sent) == sorted((a, rev) for a in accounts for rev in (1, 2))
         assert not set(accounts) & set(await store.pending_accounts(pool))
     finally:
         await out.stop()
