@@ -334,8 +334,11 @@ class BatchProcessor:
 
         async def work(pg: store.Pg) -> list[tuple[Event, str]]:
             ids = list(unique)
-            received = [unique[i][0].received_at for i in ids]
-            new = await store.claim_new_events(pg, ids, received)  # type: ignore[arg-type]
+            received = max(  # decode_event guarantees received_at on every event
+                (ev.received_at for ev, _ in unique.values() if ev.received_at is not None),
+                default=None,
+            )
+            new = set() if received is None else await store.claim_new_events(pg, ids, received)
             if len(new) == len(ids):
                 fresh, deltas = list(unique.values()), batch.deltas
             else:  # client resends of events applied in an earlier batch: fold again

@@ -68,16 +68,19 @@ def _plain(v: Any) -> Any:
 # ---------------------------------------------------------------- dedup
 
 
-async def claim_new_events(pg: Pg, ids: Sequence[str], received: Sequence[datetime]) -> set[str]:
-    """Record event ids; returns those not seen before (7-day dedup, SPEC §3.1)."""
+async def claim_new_events(pg: Pg, ids: Sequence[str], received: datetime) -> set[str]:
+    """Record event ids; returns those not seen before (7-day dedup, SPEC §3.1).
+    ``received``: the latest ``received_at`` of the batch, stored for every id (an
+    id is then remembered at least 7 days after its own receipt, and the batch
+    sends one timestamp instead of one per event)."""
     if not ids:
         return set()
     rows = await pg.fetch(
         """INSERT INTO scoring_processed_events (event_id, received_at)
-           SELECT * FROM unnest($1::text[], $2::timestamptz[])
+           SELECT unnest($1::text[]), $2::timestamptz
            ON CONFLICT (event_id) DO NOTHING RETURNING event_id""",
         list(ids),
-        list(received),
+        received,
     )
     return {r[0] for r in rows}
 
