@@ -590,6 +590,9 @@ async def run_consumer(
             except TimeoutError:  # what is left stays pending in Postgres for the next owner
                 evaluator.cancel()
                 log.warning("stopped with accounts still pending evaluation")
+        for task in evaluators:  # one failed (gather is done): stop the others too
+            task.cancel()
+        await asyncio.gather(*evaluators, return_exceptions=True)
 
 
 def new_producer(settings: ScoringSettings) -> AIOKafkaProducer:
