@@ -4,6 +4,9 @@ is fenced by the stored offsets: nothing of it is applied twice."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +17,7 @@ from services.scoring import consumer, store
 from services.scoring.clock import FixedClock
 from services.scoring.consumer import BatchProcessor, Fenced, new_producer
 from services.scoring.evaluation import evaluate_accounts
-from services.scoring.score_model import load_model
+from services.scoring.score_model import ScoreModel, load_model
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from tests.integration.scoring_support import settings_from
 
@@ -112,32 +115,52 @@ def _login(i: int, account: str, user: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Rig:
+    """What the processor tests share: settings, a pool, a started producer, the model."""
+
+    settings: Any
+    pool: Any
+    out: Any
+    model: ScoreModel
+
+    def processor(self) -> BatchProcessor:
+        return BatchProcessor(self.settings, self.pool, self.out, self.model, FixedClock(NOW))
+
+
+@contextlib.asynccontextmanager
+async def _rig(env: dict[str, str]) -> AsyncIterator[Rig]:
+    settings = settings_from(env)
+    await ensure_topics(settings)
+    pool = await store.create_pool(settings.database_url)
+    out = new_producer(settings)
+    await out.start()
+    try:
+        yield Rig(settings, pool, out, load_model())
+    finally:
+        await out.stop()
+        await pool.close()
+
+
 async def test_events_applied_but_not_yet_evaluated_are_found_after_a_crash(
     env: dict[str, str],
 ) -> None:
     """A batch commits its windows; the process dies before evaluating: the next
     owner finds the account pending in Postgres and its score shows the events."""
-    settings = settings_from(env)
-    await ensure_topics(settings)
-    batches = await _batch_of(settings, [_login(i, "crashy", f"u{i}") for i in range(4)])
-    pool = await store.create_pool(settings.database_url)
-    out = new_producer(settings)
-    await out.start()
-    try:
-        dead = BatchProcessor(settings, pool, out, load_model(), FixedClock(NOW))
+    async with _rig(env) as rig:
+        pool = rig.pool
+        batches = await _batch_of(rig.settings, [_login(i, "crashy", f"u{i}") for i in range(4)])
+        dead = rig.processor()
         await dead.process(batches)  # applied; "killed" before its evaluator ran
         assert "crashy" in await store.pending_accounts(pool)
         assert not await pool.fetchval("SELECT 1 FROM scoring_scores WHERE account_id = 'crashy'")
 
-        heir = BatchProcessor(settings, pool, out, load_model(), FixedClock(NOW))
+        heir = rig.processor()
         await heir.recover_pending()
         assert await heir.evaluate_pending() >= 1
         kpis = await pool.fetchval("SELECT kpis FROM scoring_scores WHERE account_id = 'crashy'")
         assert kpis["dau"] == 4
         assert "crashy" not in await store.pending_accounts(pool)
-    finally:
-        await out.stop()
-        await pool.close()
 
 
 async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
@@ -147,14 +170,9 @@ async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
     processes around a rebalance): one that read the account before the other
     committed writes nothing (compare-and-set on the revision it read), so no
     stale score or history row replaces a newer one."""
-    settings = settings_from(env)
-    await ensure_topics(settings)
-    pool = await store.create_pool(settings.database_url)
-    out = new_producer(settings)
-    await out.start()
-    model = load_model()
-    try:
-        proc = BatchProcessor(settings, pool, out, model, FixedClock(NOW))
+    async with _rig(env) as rig:
+        settings, pool, model = rig.settings, rig.pool, rig.model
+        proc = rig.processor()
         await proc.process(await _batch_of(settings, [_login(1, "race", "u1")]))
         assert await proc.evaluate_pending() == 1  # revision 1, dau 1
         async with pool.acquire() as pg:  # evaluation A reads the account now …
@@ -177,9 +195,6 @@ async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
         assert (row["revision"], row["kpis"]["dau"]) == (2, 2)
         history = await pool.fetchval("SELECT kpis FROM scoring_history WHERE account_id = 'race'")
         assert history["dau"] == 2
-    finally:
-        await out.stop()
-        await pool.close()
 
 
 async def test_an_account_in_an_evaluation_round_waits_for_it_to_finish(
@@ -190,15 +205,10 @@ async def test_an_account_in_an_evaluation_round_waits_for_it_to_finish(
     would publish the first's revision again, not yet recorded as published); once
     the first round is over it is evaluated again and its score shows every event,
     each revision published once."""
-    settings = settings_from(env)
-    await ensure_topics(settings)
-    pool = await store.create_pool(settings.database_url)
-    out = new_producer(settings)
-    await out.start()
-    model = load_model()
     accounts = [f"twin{i}" for i in range(5)]
-    try:
-        proc = BatchProcessor(settings, pool, out, model, FixedClock(NOW))
+    async with _rig(env) as rig:
+        settings, pool = rig.settings, rig.pool
+        proc = rig.processor()
         await proc.process(await _batch_of(settings, [_login(1, a, "u1") for a in accounts]))
         sent: list[tuple[str, int]] = []
         real_send = consumer.send_snapshots
@@ -238,6 +248,3 @@ async def test_an_account_in_an_evaluation_round_waits_for_it_to_finish(
         assert {r["revision"] for r in rows} == {2}
         assert sorted(sent) == sorted((a, rev) for a in accounts for rev in (1, 2))
         assert not set(accounts) & set(await store.pending_accounts(pool))
-    finally:
-        await out.stop()
-        await pool.close()
