@@ -10,7 +10,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from bench.context import BenchContext, Row
+from bench.context import BenchContext, Row, Steady
 from bench.prom import scrape, total
 from shared.events import EVENT_ADAPTER, encode_event, normalise
 from shared.kafka import ensure_topics, make_producer, send_keyed
@@ -82,7 +82,7 @@ async def _drain(ctx: BenchContext, consumers: int, payloads: list[tuple[str, by
             await send_keyed(producer, settings.topics.product, [(k.encode(), v) for k, v in chunk])
     finally:
         await producer.stop()
-    first: float | None = None
+    clock = Steady()
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         metrics = [scrape(p.url) for p in procs]
@@ -90,15 +90,13 @@ async def _drain(ctx: BenchContext, consumers: int, payloads: list[tuple[str, by
             total(m, "healthscore_scoring_events_total", outcome="applied") for m in metrics
         )  # not the duplicates: events a rebalance redelivered that dedup dropped
         scored = sum(total(m, "healthscore_scoring_event_to_score_seconds_count") for m in metrics)
-        if first is None and applied > 0:
-            first, first_count = time.perf_counter(), applied
+        clock.mark(int(applied))
         if applied >= len(payloads) and scored >= applied:  # every score committed
             break
         await asyncio.sleep(0.25)
-    elapsed = time.perf_counter() - (first or time.perf_counter())
     for p in procs:
         p.stop()
-    return (len(payloads) - first_count) / elapsed if first and elapsed > 0 else float("nan")
+    return clock.rate(len(payloads)) if clock.started is not None else float("nan")
 
 
 async def run(ctx: BenchContext) -> list[Row]:

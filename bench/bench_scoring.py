@@ -25,7 +25,7 @@ import asyncpg
 import orjson
 import psutil
 
-from bench.context import BenchContext, Row
+from bench.context import BenchContext, Row, Steady
 from bench.prom import delta, quantile, scrape, total
 from services.scoring import store
 from services.scoring.clock import SystemClock
@@ -240,29 +240,6 @@ async def scoring_run(
         await asyncio.wait_for(task, 30)
         await producer.stop()
         await pool.close()
-
-
-class Steady:
-    """Throughput once a consumer is running: from its first batch done (the group
-    join before it takes ~1 s on the embedded broker, and is not throughput) to the
-    last, counting only the events after that first batch. Every throughput row of
-    this benchmark, the ceilings included, is measured this way."""
-
-    def __init__(self) -> None:
-        self.started: float | None = None
-        self.first = 0
-        self.last = 0.0
-
-    def mark(self, done: int) -> None:
-        """``done`` events finished so far."""
-        now = time.perf_counter()
-        if self.started is None and done > 0:
-            self.started, self.first = now, done
-        self.last = now
-
-    def rate(self, total: int) -> float:
-        assert self.started is not None, "no batch was ever done"
-        return (total - self.first) / max(self.last - self.started, 1e-9)
 
 
 def _applied() -> float:
