@@ -208,7 +208,7 @@ async def scoring_run(
 ) -> tuple[float, Any]:
     """Run the scoring consumer until ``target`` events (offsets) are applied and every
     account they touched is scored; events/s after its first batch (:class:`Steady`)."""
-    pool = await store.create_pool(settings.database_url)
+    pool = await store.create_pool(settings.database_url, size=settings.worker_connections)
     producer = new_producer(settings)
     await producer.start()
     stop = asyncio.Event()

@@ -110,7 +110,7 @@ def run(host: str, port: int) -> int:
     async def workers(stop: asyncio.Event) -> None:
         """The consumer and the sweeper, sharing one pool and one producer; when
         either fails the other is stopped too (the process exits non-zero)."""
-        pool = await store.create_pool(settings.database_url, size=4)
+        pool = await store.create_pool(settings.database_url, size=settings.worker_connections)
         producer = new_producer(settings)
         try:
             await producer.start()

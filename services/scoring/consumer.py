@@ -56,6 +56,11 @@ from shared.kafka import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows us
+# A batch waits at most this long for the one before it to commit while holding its
+# claimed event ids, then gives up (Abandoned; re-read): breaks a wait cycle Postgres
+# cannot see (another process waiting for those ids while the batch before waits
+# for that process).
+PREVIOUS_BATCH_WAIT_SECONDS = 30.0
 
 
 async def in_transaction(
@@ -89,7 +94,7 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
         # Batches are applied atomically with their offsets: nothing half-done to
         # flush; the batch being applied finishes first (its errors are the loop's).
         if self.processor.applying is not None:
-            await asyncio.wait([self.processor.applying])
+            await asyncio.wait([self.processor.applying.task])
         for tp in revoked:
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(tp.topic, str(tp.partition))
@@ -140,6 +145,12 @@ async def forget_offsets(pool: store.Pool, tps: Sequence[TopicPartition]) -> Non
 class Fenced(Exception):
     """Another consumer already stored offsets past the start of this batch (it got
     these partitions in a rebalance and applied them): the batch must not apply."""
+
+
+class Abandoned(Exception):
+    """The batch before this one did not commit (or not in time): this one, fetched
+    after it, must not apply either (its transaction rolls back; the consumer
+    re-reads from what is stored)."""
 
 
 async def store_offsets(
@@ -238,6 +249,14 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class Applying:
+    """A batch whose transaction is running."""
+
+    task: asyncio.Task[dict[TopicPartition, int]]
+    batch: Prepared
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A decoded batch, ready to apply."""
 
@@ -273,7 +292,7 @@ class BatchProcessor:
         self.clock = clock
         self.pending = Pending()
         self.published: dict[str, int] = {}  # sent, not yet recorded in Postgres
-        self.applying: asyncio.Task[dict[TopicPartition, int]] | None = None
+        self.applying: Applying | None = None
 
     async def flush_published(self) -> None:
         published, self.published = self.published, {}
@@ -326,10 +345,17 @@ class BatchProcessor:
         deltas = fold([ev for ev, _ in unique.values()])
         return Prepared(unique, deltas, offsets, first, size, started)
 
-    async def apply(self, batch: Prepared) -> dict[TopicPartition, int]:
+    async def apply(
+        self, batch: Prepared, after: Applying | None = None
+    ) -> dict[TopicPartition, int]:
         """The database half: one transaction that drops ids seen in earlier batches,
         applies the deltas and stores the offsets (fenced); then the accounts touched
-        join the pending list. Returns the offsets to commit to Kafka."""
+        join the pending list. Returns the offsets to commit to Kafka.
+
+        ``after``: the previous batch, still being applied. This transaction claims
+        its event ids meanwhile (other rows: ids of the previous batch are left to
+        it), then waits for it and applies the windows only once it committed
+        (:class:`Abandoned` if it did not), so the two never contend for a row."""
         unique = batch.unique
 
         async def work(pg: store.Pg) -> list[tuple[Event, str]]:
@@ -338,7 +364,17 @@ class BatchProcessor:
                 (ev.received_at for ev, _ in unique.values() if ev.received_at is not None),
                 default=None,
             )
-            new = set() if received is None else await store.claim_new_events(pg, ids, received)
+            # An id of the previous batch is a duplicate once it commits (and this
+            # batch is abandoned if it does not): never claimed here, so neither
+            # transaction ever waits for the other's ids.
+            claim = ids if after is None else [i for i in ids if i not in after.batch.unique]
+            new = set() if received is None else await store.claim_new_events(pg, claim, received)
+            if after is not None:
+                await asyncio.wait([after.task], timeout=PREVIOUS_BATCH_WAIT_SECONDS)
+                if not after.task.done():
+                    raise Abandoned("the batch before this one did not commit in time")
+                if after.task.cancelled() or after.task.exception() is not None:
+                    raise Abandoned("the batch before this one did not commit")
             if len(new) == len(ids):
                 fresh, deltas = list(unique.values()), batch.deltas
             else:  # client resends of events applied in an earlier batch: fold again
@@ -498,7 +534,8 @@ async def run_consumer(
     is pending (at most ``shutdown_evaluate_seconds``), then returns.
 
     Work in flight is bounded: one batch being applied while the next one is
-    decoded (it is applied only after the previous one committed), and no fetch
+    decoded and then claims its event ids (its windows are applied only after
+    the previous batch committed), and no fetch
     while more than ``pending_max_accounts`` accounts wait for evaluation. A broker
     that lost its state (the embedded one, restarted) gets a fresh consumer
     (:func:`consume_until_stopped`)."""
@@ -517,30 +554,41 @@ async def run_consumer(
 
     async def consume(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> bool:
         async def settle(then: Prepared | None = None) -> None:
-            """Wait for the batch being applied, commit its offsets to Kafka, then
-            start applying ``then``. When it was fenced, ``then`` (fetched since, from
-            a position no longer ours) is dropped and the consumer re-seeked to what
-            is stored."""
-            task, processor.applying = processor.applying, None
-            if task is None:
-                if then is not None:
-                    processor.applying = asyncio.create_task(processor.apply(then))
+            """Start applying ``then`` (its ids are claimed while the batch before it
+            finishes), wait for that batch, commit its offsets to Kafka. When it did
+            not apply (fenced by a rebalance, or abandoned), ``then`` is abandoned
+            with it and the consumer re-reads from the offsets stored."""
+            current, processor.applying = processor.applying, None
+            if then is not None:
+                task = asyncio.create_task(processor.apply(then, after=current))
+                processor.applying = Applying(task, then)
+            if current is None:
                 return
             try:
-                offsets = await task
-            except Fenced as exc:
-                # A rebalance moved these partitions meanwhile and their new owner
-                # applied them: resume from what is stored, apply nothing.
-                log.warning("batch fenced; re-seeking", extra={"reason": str(exc)})
+                offsets = await current.task
+            except (Fenced, Abandoned) as exc:
+                follower, processor.applying = processor.applying, None
+                if follower is not None:  # rolls back: it came after a batch that did not
+                    with contextlib.suppress(Abandoned):
+                        await follower.task
+                # Fenced: a rebalance moved these partitions meanwhile and their new
+                # owner applied them. Either way: resume from what is stored.
+                log.warning("batch not applied; re-seeking", extra={"reason": str(exc)})
                 stored = await load_offsets(pool, list(consumer.assignment()))
                 for tp, offset in stored.items():
                     consumer.seek(tp, offset)
-                for tp, offset in (then.first if then else {}).items():
-                    if tp not in stored and tp in consumer.assignment():
-                        consumer.seek(tp, offset)  # never applied by anyone: from its start
+                unapplied = [current.batch] + ([follower.batch] if follower else [])
+                for tp in consumer.assignment():
+                    firsts = [b.first[tp] for b in unapplied if tp in b.first]
+                    if tp not in stored and firsts:
+                        consumer.seek(tp, min(firsts))  # never applied by anyone: from its start
                 return
-            if then is not None:
-                processor.applying = asyncio.create_task(processor.apply(then))
+            except BaseException:
+                follower, processor.applying = processor.applying, None
+                if follower is not None:
+                    with contextlib.suppress(Abandoned):
+                        await follower.task
+                raise
             try:
                 await asyncio.wait_for(consumer.commit(offsets), 10)
                 check.committed(offsets)

@@ -66,6 +66,12 @@ class ScoringSettings(CommonSettings):
         default=0.0, description="TEST ONLY: shift the scoring clock by this many seconds."
     )
 
+    @property
+    def worker_connections(self) -> int:
+        """Postgres connections the consumer and sweeper use at most: two batches
+        (one applying, the next claiming its event ids), the evaluators, the sweeper."""
+        return self.evaluators + 3
+
     def clock(self) -> Clock:
         if self.now is not None:
             return FixedClock(self.now)

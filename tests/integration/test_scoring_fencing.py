@@ -248,3 +248,93 @@ async def test_an_account_in_an_evaluation_round_waits_for_it_to_finish(
         assert {r["revision"] for r in rows} == {2}
         assert sorted(sent) == sorted((a, rev) for a in accounts for rev in (1, 2))
         assert not set(accounts) & set(await store.pending_accounts(pool))
+
+
+def _after(first: dict[Any, Any], later: dict[Any, Any]) -> dict[Any, Any]:
+    """The messages of ``later`` past the end of ``first`` (a resend of an id of
+    ``first`` is read back with it; keep only the new message)."""
+    end = {tp: ms[-1].offset for tp, ms in first.items() if ms}
+    return {tp: [m for m in ms if m.offset > end.get(tp, -1)] for tp, ms in later.items()}
+
+
+async def _product_events(pool: Any, account: str) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT COALESCE(sum(product_events), 0) FROM scoring_account_days"
+            " WHERE account_id = $1",
+            account,
+        )
+    )
+
+
+async def test_the_next_batch_claims_its_ids_while_the_previous_one_applies(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer applies a batch while the next one claims its event ids. A
+    resend of an id of the batch still being applied counts once, and the next
+    batch's windows are applied only after the previous one committed."""
+    async with _rig(env) as rig:
+        settings, pool = rig.settings, rig.pool
+        b1 = await _batch_of(settings, [_login(1, "pipe", "u1"), _login(2, "pipe", "u2")])
+        b2 = _after(
+            b1, await _batch_of(settings, [_login(2, "pipe", "u2"), _login(3, "pipe", "u3")])
+        )
+        assert sum(len(ms) for ms in b2.values()) == 2
+        real_apply, real_claim = store.apply_deltas, store.claim_new_events
+        order: list[str] = []
+        held, go = asyncio.Event(), asyncio.Event()
+
+        async def apply_deltas(pg: Any, deltas: Any) -> None:
+            if not held.is_set():  # the first batch: hold it inside its transaction
+                held.set()
+                await go.wait()
+            order.append("apply")
+            await real_apply(pg, deltas)
+
+        async def claim(pg: Any, ids: Any, received: Any) -> set[str]:
+            order.append("claim")
+            return await real_claim(pg, ids, received)
+
+        monkeypatch.setattr(store, "apply_deltas", apply_deltas)
+        monkeypatch.setattr(store, "claim_new_events", claim)
+        proc = rig.processor()
+        first_batch = await proc.prepare(b1)
+        first = consumer.Applying(asyncio.create_task(proc.apply(first_batch)), first_batch)
+        await held.wait()
+        second = asyncio.create_task(proc.apply(await proc.prepare(b2), after=first))
+        for _ in range(200):  # the second batch claims its ids meanwhile …
+            if order.count("claim") == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert order == ["claim", "claim"]
+        assert not second.done()  # … and waits for the first to commit
+        go.set()
+        await first.task
+        await second
+        assert order == ["claim", "claim", "apply", "apply"]
+        assert await _product_events(pool, "pipe") == 3  # the resent id counted once
+        assert await proc.evaluate_pending() == 1
+        kpis = await pool.fetchval("SELECT kpis FROM scoring_scores WHERE account_id = 'pipe'")
+        assert kpis["dau"] == 3
+
+
+async def test_a_batch_after_one_that_did_not_apply_is_abandoned(env: dict[str, str]) -> None:
+    """When the batch being applied does not commit (here: fenced, as after a
+    rebalance), the next one, already claiming its ids, rolls back with it:
+    nothing of it counts until it is read and applied again."""
+    async with _rig(env) as rig:
+        settings, pool = rig.settings, rig.pool
+        b1 = await _batch_of(settings, [_login(1, "gone", "u1")])
+        b2 = _after(b1, await _batch_of(settings, [_login(2, "gone", "u2")]))
+        await rig.processor().process(b1)  # another consumer applied b1 meanwhile
+        proc = rig.processor()
+        first_batch = await proc.prepare(b1)
+        first = consumer.Applying(asyncio.create_task(proc.apply(first_batch)), first_batch)
+        second = asyncio.create_task(proc.apply(await proc.prepare(b2), after=first))
+        with pytest.raises(Fenced):
+            await first.task
+        with pytest.raises(consumer.Abandoned):
+            await second
+        assert await _product_events(pool, "gone") == 1  # b1 once, nothing of b2
+        await rig.processor().process(b2)  # read again: its id was not kept as seen
+        assert await _product_events(pool, "gone") == 2
