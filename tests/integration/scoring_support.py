@@ -101,9 +101,7 @@ async def running_stack(env: dict[str, str], now: datetime) -> AsyncIterator[Sta
     model = load_model()
     await ensure_topics(settings)
     stack = Stack(settings, clock, model)
-    stack.pool = await store.create_pool(
-        settings.database_url, size=settings.worker_connections
-    )
+    stack.pool = await store.create_pool(settings.database_url, size=settings.worker_connections)
     producer = new_producer(settings)
     await producer.start()
     stop = asyncio.Event()
