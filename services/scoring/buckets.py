@@ -16,7 +16,6 @@ The fold is where each event type's meaning for the windows lives:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -49,6 +48,23 @@ DAY_COUNTERS: tuple[str, ...] = (
     "nps_detractors",
     "nps_responses",
 )
+DAY_FLOATS = frozenset({"session_seconds", "sentiment_sum"})  # the others count
+DAY_INDEX = {name: i for i, name in enumerate(DAY_COUNTERS)}
+(
+    PRODUCT_EVENTS,
+    SESSION_SECONDS,
+    TOUCHPOINTS,
+    INBOUND,
+    SUPPORT_TICKETS,
+    ESCALATIONS,
+    SENTIMENT_SUM,
+    SENTIMENT_COUNT,
+    NPS_PROMOTERS,
+    NPS_DETRACTORS,
+    NPS_RESPONSES,
+) = range(len(DAY_COUNTERS))
+# a day's counters, in DAY_COUNTERS order (rows are built as the upsert's columns)
+EMPTY_DAY: tuple[float, ...] = tuple(0.0 if c in DAY_FLOATS else 0 for c in DAY_COUNTERS)
 ACCOUNT_ATTRS = ACCOUNT_ATTRIBUTE_NAMES  # storage column order
 CONTACT_ATTRS = CONTACT_ATTRIBUTE_NAMES
 
@@ -73,7 +89,8 @@ class AttrUpdate:
 class BatchDeltas:
     first_event_day: dict[str, date] = field(default_factory=dict)
     last_event_day: dict[str, date] = field(default_factory=dict)
-    days: dict[tuple[str, date], dict[str, float]] = field(default_factory=dict)
+    # (account, day) → counters in DAY_COUNTERS order (see DAY_INDEX)
+    days: dict[tuple[str, date], list[float]] = field(default_factory=dict)
     user_days: set[tuple[str, date, str]] = field(default_factory=set)
     feature_days: dict[tuple[str, date, str], int] = field(default_factory=dict)
     contact_days: dict[tuple[str, date, str], list[int]] = field(default_factory=dict)
@@ -81,10 +98,10 @@ class BatchDeltas:
     accounts: dict[str, AttrUpdate] = field(default_factory=dict)
     contacts: dict[tuple[str, str], AttrUpdate] = field(default_factory=dict)
 
-    def _day(self, account: str, day: date) -> dict[str, float]:
+    def _day(self, account: str, day: date) -> list[float]:
         row = self.days.get((account, day))
         if row is None:
-            row = self.days[(account, day)] = defaultdict(float)
+            row = self.days[(account, day)] = list(EMPTY_DAY)
         return row
 
 
@@ -104,37 +121,37 @@ def fold(events: list[Event]) -> BatchDeltas:
         assert ts is not None
         if isinstance(ev, Login | FeatureUsed | Session):
             row = out._day(acc, day)
-            row["product_events"] += 1
+            row[PRODUCT_EVENTS] += 1
             out.user_days.add((acc, day, ev.user_id))
             if isinstance(ev, Session):
-                row["session_seconds"] += ev.duration_seconds
+                row[SESSION_SECONDS] += ev.duration_seconds
             elif isinstance(ev, FeatureUsed):
                 key = (acc, day, ev.feature)
                 out.feature_days[key] = out.feature_days.get(key, 0) + ev.count
         elif isinstance(ev, Communication):
             row = out._day(acc, day)
-            row["touchpoints"] += 1
+            row[TOUCHPOINTS] += 1
             inbound = ev.direction == "inbound"
             touch = out.contact_days.setdefault((acc, day, ev.contact_id), [0, 0])
             touch[0 if inbound else 1] += 1
             out.contacts_seen.add((acc, ev.contact_id))
             if inbound:
-                row["inbound"] += 1
+                row[INBOUND] += 1
                 if ev.channel == "support_ticket":
-                    row["support_tickets"] += 1
+                    row[SUPPORT_TICKETS] += 1
                 if ev.sentiment is not None:
-                    row["sentiment_sum"] += ev.sentiment
-                    row["sentiment_count"] += 1
+                    row[SENTIMENT_SUM] += ev.sentiment
+                    row[SENTIMENT_COUNT] += 1
             if ev.escalation:
-                row["escalations"] += 1
+                row[ESCALATIONS] += 1
         elif isinstance(ev, SurveyResponse):
             row = out._day(acc, day)  # the account has a bucket that day either way
             if ev.survey == "nps":
-                row["nps_responses"] += 1
+                row[NPS_RESPONSES] += 1
                 if ev.score >= 9:
-                    row["nps_promoters"] += 1
+                    row[NPS_PROMOTERS] += 1
                 elif ev.score <= 6:
-                    row["nps_detractors"] += 1
+                    row[NPS_DETRACTORS] += 1
         elif isinstance(ev, AccountUpdated):
             upd = out.accounts.setdefault(acc, AttrUpdate())
             for attr in ev.model_fields_set & ACCOUNT_ATTRIBUTES:

@@ -19,7 +19,14 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # no stubs published
 import orjson
 
-from services.scoring.buckets import ACCOUNT_ATTRS, CONTACT_ATTRS, DAY_COUNTERS, BatchDeltas
+from services.scoring.buckets import (
+    ACCOUNT_ATTRS,
+    CONTACT_ATTRS,
+    DAY_COUNTERS,
+    DAY_FLOATS,
+    EMPTY_DAY,
+    BatchDeltas,
+)
 from services.scoring.kpis import KpiValue, WindowAggregates
 from shared.events import DEDUP_WINDOW
 
@@ -183,17 +190,10 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
     keys = sorted(set(d.days) | set(new_user_days))
     if keys:
-        float_cols = {"session_seconds", "sentiment_sum"}
-        empty: dict[str, float] = {}
-        day_rows = [d.days.get(k, empty) for k in keys]
-        columns = [
-            [r.get(c, 0.0) for r in day_rows]
-            if c in float_cols
-            else [int(r.get(c, 0)) for r in day_rows]
-            for c in DAY_COUNTERS
-        ]
+        days = d.days.get
+        columns = list(zip(*(days(k) or EMPTY_DAY for k in keys), strict=True))
         unnest_cols = ", ".join(
-            f"${i + 4}::{'float8' if c in float_cols else 'int'}[]"
+            f"${i + 4}::{'float8' if c in DAY_FLOATS else 'int'}[]"
             for i, c in enumerate(DAY_COUNTERS)
         )
         await pg.execute(

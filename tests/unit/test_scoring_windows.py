@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.scoring import windows
-from services.scoring.buckets import fold
+from services.scoring.buckets import DAY_INDEX, fold
 from shared.events import EVENT_ADAPTER
 
 D = date(2026, 4, 30)
@@ -80,8 +80,9 @@ def test_fold_totals_do_not_depend_on_event_order(
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
     a, b = fold(evs), fold(shuffled)  # type: ignore[arg-type]
     assert a.user_days == b.user_days
-    assert {k: round(v["session_seconds"], 6) for k, v in a.days.items()} == {
-        k: round(v["session_seconds"], 6) for k, v in b.days.items()
+    seconds = DAY_INDEX["session_seconds"]
+    assert {k: round(v[seconds], 6) for k, v in a.days.items()} == {
+        k: round(v[seconds], 6) for k, v in b.days.items()
     }
     assert a.last_event_day == b.last_event_day == {"a": max(d for d, _, _ in sessions)}
 
