@@ -253,8 +253,8 @@ def decode_event(raw: bytes | None) -> Event:
         if isinstance(exc, ValidationError) and exc.errors()[0]["type"] == "json_invalid":
             raise WireError(f"value is not JSON: {exc.errors()[0]['msg']}") from exc
         raise WireError(f"value fails the event schema: {exc}") from exc
-    missing = [f for f in ("id", "timestamp", "received_at") if getattr(event, f) is None]
-    if missing:
+    if event.id is None or event.timestamp is None or event.received_at is None:
+        missing = [f for f in ("id", "timestamp", "received_at") if getattr(event, f) is None]
         raise WireError("value misses " + ", ".join(missing))
     return event
 

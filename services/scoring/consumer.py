@@ -52,6 +52,7 @@ from shared.kafka import (
     make_producer,
     send_keyed,
 )
+from shared.metrics import observe_many
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,7 +194,7 @@ class Pending:
     this is the in-process work list, refilled from there on every assignment."""
 
     def __init__(self) -> None:
-        self._accounts: dict[str, list[float]] = {}
+        self._accounts: dict[str, Counter[float]] = {}
         # taken by an evaluation round that has not finished (published) yet: not
         # taken again meanwhile, so one account is never evaluated by two rounds
         # at once (the later one would find the first's snapshot not yet recorded
@@ -208,18 +209,19 @@ class Pending:
         """Some pending account can be taken (is not in a round already)."""
         return len(self._accounts) > len(self._in_flight & self._accounts.keys())
 
-    def add(self, account: str, received: Sequence[float] = ()) -> None:
+    def add(self, account: str, received: Counter[float] | None = None) -> None:
+        """``received``: how many of its events were received at each time (s)."""
         held = self._accounts.get(account)
         if held is None:
-            self._accounts[account] = list(received)
-        else:
-            held.extend(received)
+            self._accounts[account] = Counter(received)
+        elif received:
+            held.update(received)
         self.changed.set()
 
-    def take(self, limit: int) -> dict[str, list[float]]:
+    def take(self, limit: int) -> dict[str, Counter[float]]:
         """The ``limit`` accounts waiting longest that no round holds (removed from
         the list and held until :meth:`release`)."""
-        taken: dict[str, list[float]] = {}
+        taken: dict[str, Counter[float]] = {}
         busy = self._in_flight
         for account in self._accounts:
             if len(taken) == limit:
@@ -237,12 +239,12 @@ class Pending:
         if self._accounts:
             self.changed.set()
 
-    def restore(self, taken: dict[str, list[float]]) -> None:
+    def restore(self, taken: dict[str, Counter[float]]) -> None:
         """Put accounts back at the front (an evaluation that failed or lost a race)."""
         if not taken:
             return
         for account, received in self._accounts.items():
-            taken.setdefault(account, []).extend(received)
+            taken.setdefault(account, Counter()).update(received)
         self._accounts = taken
         if taken:
             self.changed.set()
@@ -387,13 +389,14 @@ class BatchProcessor:
 
         fresh = await in_transaction(self.pool, work)
         applied: Counter[str] = Counter()
-        touched: dict[str, list[float]] = {}
+        touched: dict[str, Counter[datetime]] = {}
         for ev, topic in fresh:
             applied[topic] += 1
             assert ev.received_at is not None
-            touched.setdefault(ev.account_id, []).append(ev.received_at.timestamp())
+            touched.setdefault(ev.account_id, Counter())[ev.received_at] += 1
         for account in sorted(touched):
-            self.pending.add(account, touched[account])
+            received = Counter({t.timestamp(): n for t, n in touched[account].items()})
+            self.pending.add(account, received)
         if len(fresh) < len(unique):  # seen in an earlier batch (client resend)
             fresh_ids = {ev.id for ev, _ in fresh}
             dup_topics = Counter(t for i, (_, t) in unique.items() if i not in fresh_ids)
@@ -439,8 +442,8 @@ class BatchProcessor:
                 raise
             committed = time.time()
             for account in done.written:
-                for received in taken.pop(account):
-                    EVENT_TO_SCORE.observe(max(0.0, committed - received))
+                for received, n in taken.pop(account).items():
+                    observe_many(EVENT_TO_SCORE, max(0.0, committed - received), n)
             self.pending.restore(taken)  # lost to a concurrent evaluation: again, later
             # Recorded as published inside the next round's transaction (saves a
             # commit per round); if the process dies first, the sweeper republishes.

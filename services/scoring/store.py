@@ -192,21 +192,24 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
     if keys:
         days = d.days.get
         columns = list(zip(*(days(k) or EMPTY_DAY for k in keys), strict=True))
-        unnest_cols = ", ".join(
-            f"${i + 4}::{'float8' if c in DAY_FLOATS else 'int'}[]"
-            for i, c in enumerate(DAY_COUNTERS)
+        # Only the counters some row of the batch adds to (most event types touch
+        # one or two): a column of zeros would cost its encoding and its update.
+        used = [(c, col) for c, col in zip(DAY_COUNTERS, columns, strict=True) if any(col)]
+        unnest_cols = "".join(
+            f", ${i + 4}::{'float8' if c in DAY_FLOATS else 'int'}[]"
+            for i, (c, _) in enumerate(used)
         )
+        counters = "".join(f", {c}" for c, _ in used)
+        adds = "".join(f", {c} = t.{c} + EXCLUDED.{c}" for c, _ in used)
         await pg.execute(
-            f"""INSERT INTO scoring_account_days AS t
-                  (account_id, day, active_users, {", ".join(DAY_COUNTERS)})
-                SELECT * FROM unnest($1::text[], $2::date[], $3::int[], {unnest_cols})
+            f"""INSERT INTO scoring_account_days AS t (account_id, day, active_users{counters})
+                SELECT * FROM unnest($1::text[], $2::date[], $3::int[]{unnest_cols})
                 ON CONFLICT (account_id, day) DO UPDATE SET
-                  active_users = t.active_users + EXCLUDED.active_users,
-                  {", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c in DAY_COUNTERS)}""",
+                  active_users = t.active_users + EXCLUDED.active_users{adds}""",
             [k[0] for k in keys],
             [k[1] for k in keys],
             [new_user_days.get(k, 0) for k in keys],
-            *columns,
+            *(col for _, col in used),
         )
 
     if d.feature_days:
