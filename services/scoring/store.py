@@ -9,7 +9,6 @@ CONFLICT DO UPDATE``: one round trip per table per batch, whatever its size.
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -123,7 +122,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
     accounts = sorted(d.last_event_day)
     cols: dict[str, list[Any]] = {a: [] for a in ACCOUNT_ATTRS}
     as_of: dict[str, list[datetime | None]] = {a: [] for a in ACCOUNT_ATTRS}
-    for acc in accounts:
+    for acc in accounts if d.accounts else ():
         upd = d.accounts.get(acc)
         for a in ACCOUNT_ATTRS:
             held = upd.values.get(a) if upd else None
@@ -150,7 +149,9 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         "first_event_day = LEAST(t.first_event_day, EXCLUDED.first_event_day)",
         "last_event_day = GREATEST(t.last_event_day, EXCLUDED.last_event_day)",
     ]
-    for a in ACCOUNT_ATTRS:
+    # Attributes only when some event of the batch sets one (account_updated is
+    # rare): otherwise 16 columns of nulls to encode and compare per account.
+    for a in ACCOUNT_ATTRS if d.accounts else ():
         args += [cols[a], as_of[a]]
         unnest += [f"${len(args) - 1}::{types[a]}[]", f"${len(args)}::timestamptz[]"]
         names += [a, f"{a}_as_of"]
@@ -173,42 +174,43 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         *args,
     )
 
-    # Active users: a (account, day, user) row new to the table adds one to the
-    # day's distinct count, so Σ daily distinct users never rescans user rows.
-    new_user_days: Counter[tuple[str, date]] = Counter()
-    if d.user_days:
-        ud = sorted(d.user_days)
-        rows = await pg.fetch(
-            """INSERT INTO scoring_user_days (account_id, day, user_id)
-               SELECT * FROM unnest($1::text[], $2::date[], $3::text[])
-               ON CONFLICT DO NOTHING RETURNING account_id, day""",
-            [r[0] for r in ud],
-            [r[1] for r in ud],
-            [r[2] for r in ud],
-        )
-        new_user_days.update((r[0], r[1]) for r in rows)
-
-    keys = sorted(set(d.days) | set(new_user_days))
+    # One statement for both: a (account, day, user) row new to scoring_user_days
+    # adds one to the day's distinct active users, so Σ daily distinct users never
+    # rescans user rows. Every user event also adds to its (account, day) row, so
+    # the day rows cover every new user row.
+    keys = sorted(d.days)
     if keys:
+        ud = sorted(d.user_days)
         days = d.days.get
         columns = list(zip(*(days(k) or EMPTY_DAY for k in keys), strict=True))
         # Only the counters some row of the batch adds to (most event types touch
         # one or two): a column of zeros would cost its encoding and its update.
         used = [(c, col) for c, col in zip(DAY_COUNTERS, columns, strict=True) if any(col)]
         unnest_cols = "".join(
-            f", ${i + 4}::{'float8' if c in DAY_FLOATS else 'int'}[]"
+            f", ${i + 6}::{'float8' if c in DAY_FLOATS else 'int'}[]"
             for i, (c, _) in enumerate(used)
         )
         counters = "".join(f", {c}" for c, _ in used)
         adds = "".join(f", {c} = t.{c} + EXCLUDED.{c}" for c, _ in used)
         await pg.execute(
-            f"""INSERT INTO scoring_account_days AS t (account_id, day, active_users{counters})
-                SELECT * FROM unnest($1::text[], $2::date[], $3::int[]{unnest_cols})
+            f"""WITH new_users AS (
+                  INSERT INTO scoring_user_days (account_id, day, user_id)
+                  SELECT * FROM unnest($1::text[], $2::date[], $3::text[])
+                  ON CONFLICT DO NOTHING RETURNING account_id, day),
+                n AS (SELECT account_id, day, count(*)::int AS users FROM new_users
+                      GROUP BY account_id, day)
+                INSERT INTO scoring_account_days AS t (account_id, day, active_users{counters})
+                SELECT x.account_id, x.day, COALESCE(n.users, 0){counters}
+                FROM unnest($4::text[], $5::date[]{unnest_cols})
+                  AS x(account_id, day{counters})
+                LEFT JOIN n ON n.account_id = x.account_id AND n.day = x.day
                 ON CONFLICT (account_id, day) DO UPDATE SET
                   active_users = t.active_users + EXCLUDED.active_users{adds}""",
+            [r[0] for r in ud],
+            [r[1] for r in ud],
+            [r[2] for r in ud],
             [k[0] for k in keys],
             [k[1] for k in keys],
-            [new_user_days.get(k, 0) for k in keys],
             *(col for _, col in used),
         )
 
@@ -226,7 +228,14 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         )
 
     contacts = sorted(d.contacts_seen)
-    if contacts:
+    if contacts and not d.contacts:  # seen through communications only: just exist
+        await pg.execute(
+            """INSERT INTO scoring_contacts (account_id, contact_id)
+               SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING""",
+            [c[0] for c in contacts],
+            [c[1] for c in contacts],
+        )
+    elif contacts:
         c_args: list[Any] = [[c[0] for c in contacts], [c[1] for c in contacts]]
         c_unnest = ["$1::text[]", "$2::text[]"]
         c_names = ["account_id", "contact_id"]

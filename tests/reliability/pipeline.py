@@ -33,6 +33,7 @@ ORACLE_KPIS = (
     "dau",
     "wau",
     "mau",
+    "stickiness",
     "features_used_30d",
     "feature_adoption",
     "touchpoints_30d",
@@ -131,6 +132,14 @@ def oracle(events: Iterable[Event], account: str, as_of: date) -> dict[str, Any]
 
     month = within(30)
     mau = len(users(month))
+    # Σ over the 30 days of each day's distinct users (a user counts once a day)
+    user_days = len(
+        {
+            (ago[i], str(e["user_id"]))
+            for i, e in unique.items()
+            if 0 <= ago[i] < 30 and "user_id" in e and e["type"] != "survey_response"
+        }
+    )
     features = {str(e["feature"]) for e in month if e["type"] == "feature_used"}
     comms = [e for e in month if e["type"] == "communication"]
     sessions = sum(1 for e in month if e["type"] == "session")
@@ -144,6 +153,7 @@ def oracle(events: Iterable[Event], account: str, as_of: date) -> dict[str, Any]
         "dau": len(users(within(1))),
         "wau": len(users(within(7))),
         "mau": mau,
+        "stickiness": user_days / 30 / mau if mau else None,
         "features_used_30d": len(features),
         "feature_adoption": len(features & set(KEY_FEATURES)) / len(KEY_FEATURES),
         "touchpoints_30d": len(comms),
