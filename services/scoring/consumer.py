@@ -388,15 +388,17 @@ class BatchProcessor:
             return fresh
 
         fresh = await in_transaction(self.pool, work)
-        applied: Counter[str] = Counter()
-        touched: dict[str, Counter[datetime]] = {}
-        for ev, topic in fresh:
-            applied[topic] += 1
+        applied = Counter(topic for _, topic in fresh)
+        touched: dict[str, list[float]] = {}  # receive times of each account's events
+        for ev, _ in fresh:
             assert ev.received_at is not None
-            touched.setdefault(ev.account_id, Counter())[ev.received_at] += 1
+            times = touched.get(ev.account_id)
+            if times is None:
+                touched[ev.account_id] = [ev.received_at.timestamp()]
+            else:
+                times.append(ev.received_at.timestamp())
         for account in sorted(touched):
-            received = Counter({t.timestamp(): n for t, n in touched[account].items()})
-            self.pending.add(account, received)
+            self.pending.add(account, Counter(touched[account]))
         if len(fresh) < len(unique):  # seen in an earlier batch (client resend)
             fresh_ids = {ev.id for ev, _ in fresh}
             dup_topics = Counter(t for i, (_, t) in unique.items() if i not in fresh_ids)
