@@ -70,12 +70,17 @@ async def in_transaction(
     attempts: int = 5,
 ) -> T:
     """Run ``work`` in one transaction; retried on deadlock / serialization failure
-    (only possible while two processes briefly hold the same accounts)."""
+    and on a unique violation (only possible while two processes briefly hold the
+    same accounts, or claim the same resent event id at once)."""
     for attempt in range(attempts):
         try:
             async with pool.acquire() as pg, pg.transaction():
                 return await work(pg)
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+        except (
+            asyncpg.DeadlockDetectedError,
+            asyncpg.SerializationError,
+            asyncpg.UniqueViolationError,
+        ):
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.05 * (attempt + 1))

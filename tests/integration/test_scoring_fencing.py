@@ -338,3 +338,30 @@ async def test_a_batch_after_one_that_did_not_apply_is_abandoned(env: dict[str, 
         assert await _product_events(pool, "gone") == 1  # b1 once, nothing of b2
         await rig.processor().process(b2)  # read again: its id was not kept as seen
         assert await _product_events(pool, "gone") == 2
+
+
+async def test_one_event_id_claimed_by_two_transactions_at_once_counts_once(
+    env: dict[str, str],
+) -> None:
+    """Two consumers (around a rebalance) claim the same resent event id at once:
+    the later one waits for the first, is retried once it commits, and then finds
+    the id already seen; its other ids are claimed."""
+    async with _rig(env) as rig:
+        pool = rig.pool
+        async with pool.acquire() as first:
+            tx = first.transaction()
+            await tx.start()
+            assert await store.claim_new_events(first, ["both-1"], NOW) == {"both-1"}
+
+            async def claim(pg: Any) -> set[str]:
+                return await store.claim_new_events(pg, ["both-1", "both-2"], NOW)
+
+            second = asyncio.create_task(consumer.in_transaction(pool, claim))
+            await asyncio.sleep(0.5)
+            assert not second.done()  # waits for the first transaction's id
+            await tx.commit()
+        assert await asyncio.wait_for(second, 10) == {"both-2"}
+        stored = await pool.fetchval(
+            "SELECT count(*) FROM scoring_processed_events WHERE event_id LIKE 'both-%'"
+        )
+        assert stored == 2
