@@ -34,7 +34,7 @@ from services.scoring.score_model import load_model
 from services.scoring.settings import ScoringSettings
 from shared.events import decode_event, event_day
 from shared.kafka import ensure_topics, make_consumer, make_producer
-from shared.runner import calm_garbage_collector
+from shared.runner import BATCH_GC_THRESHOLD, calm_garbage_collector
 
 NOW = datetime.now(UTC)
 
@@ -272,7 +272,7 @@ def _evaluations() -> float:
 
 async def run(ctx: BenchContext) -> list[Row]:
     rows: list[Row] = []
-    calm_garbage_collector()  # as the scoring service runs (shared.runner.serve)
+    calm_garbage_collector(BATCH_GC_THRESHOLD)  # as the scoring service runs
     n = 20_000 if ctx.quick else 100_000
 
     # 1. the same data through the bare ceiling and through scoring (1k accounts)

@@ -26,7 +26,7 @@ from shared import db
 from shared.auth import KeyStore
 from shared.http import MAX_BODY_BYTES, install_common
 from shared.kafka import broker_reachable
-from shared.runner import WorkerStatus
+from shared.runner import BATCH_GC_THRESHOLD, WorkerStatus
 
 log = logging.getLogger(__name__)
 
@@ -138,4 +138,5 @@ def run(host: str, port: int) -> int:
         port,
         [("scoring", workers)],
         status,
+        gc_threshold=BATCH_GC_THRESHOLD,
     )
