@@ -365,3 +365,40 @@ async def test_one_event_id_claimed_by_two_transactions_at_once_counts_once(
             "SELECT count(*) FROM scoring_processed_events WHERE event_id LIKE 'both-%'"
         )
         assert stored == 2
+
+
+async def test_a_batch_gives_up_waiting_for_a_stuck_previous_one(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holds its claimed ids while it waits for the previous one; if that
+    takes longer than PREVIOUS_BATCH_WAIT_SECONDS (a wait cycle through another
+    process that Postgres cannot see), it rolls back (Abandoned) and releases
+    them, and the previous batch still commits."""
+    monkeypatch.setattr(consumer, "PREVIOUS_BATCH_WAIT_SECONDS", 0.3)
+    async with _rig(env) as rig:
+        settings, pool = rig.settings, rig.pool
+        b1 = await _batch_of(settings, [_login(1, "stuck", "u1")])
+        b2 = _after(b1, await _batch_of(settings, [_login(2, "stuck", "u2")]))
+        real_apply = store.apply_deltas
+        go = asyncio.Event()
+
+        async def apply_deltas(pg: Any, deltas: Any) -> None:
+            if not go.is_set():  # the first batch is stuck until released
+                await go.wait()
+            await real_apply(pg, deltas)
+
+        monkeypatch.setattr(store, "apply_deltas", apply_deltas)
+        proc = rig.processor()
+        first_batch = await proc.prepare(b1)
+        first = consumer.Applying(asyncio.create_task(proc.apply(first_batch)), first_batch)
+        with pytest.raises(consumer.Abandoned):
+            await proc.apply(await proc.prepare(b2), after=first)
+        claimed = await pool.fetchval(
+            "SELECT count(*) FROM scoring_processed_events WHERE event_id = 'stuck-2'"
+        )
+        assert claimed == 0  # rolled back: the id is free for the batch read again
+        go.set()
+        await first.task
+        assert await _product_events(pool, "stuck") == 1
+        await rig.processor().process(b2)
+        assert await _product_events(pool, "stuck") == 2
