@@ -576,11 +576,13 @@ async def run_consumer(
                 return
             try:
                 offsets = await current.task
-            except (Fenced, Abandoned) as exc:
+            except BaseException as exc:
                 follower, processor.applying = processor.applying, None
                 if follower is not None:  # rolls back: it came after a batch that did not
                     with contextlib.suppress(Abandoned):
                         await follower.task
+                if not isinstance(exc, Fenced | Abandoned):
+                    raise
                 # Fenced: a rebalance moved these partitions meanwhile and their new
                 # owner applied them. Either way: resume from what is stored.
                 log.warning("batch not applied; re-seeking", extra={"reason": str(exc)})
@@ -593,12 +595,6 @@ async def run_consumer(
                     if tp not in stored and firsts:
                         consumer.seek(tp, min(firsts))  # never applied by anyone: from its start
                 return
-            except BaseException:
-                follower, processor.applying = processor.applying, None
-                if follower is not None:
-                    with contextlib.suppress(Abandoned):
-                        await follower.task
-                raise
             try:
                 await asyncio.wait_for(consumer.commit(offsets), 10)
                 check.committed(offsets)

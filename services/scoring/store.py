@@ -23,7 +23,6 @@ from services.scoring.buckets import (
     CONTACT_ATTRS,
     DAY_COUNTERS,
     DAY_FLOATS,
-    EMPTY_DAY,
     BatchDeltas,
 )
 from services.scoring.kpis import KpiValue, WindowAggregates
@@ -128,11 +127,14 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
     # Accounts first, in key order: this row lock serialises concurrent evaluations
     # of one account (a consumer and a sweep) and the fixed order avoids deadlocks.
     accounts = sorted(d.last_event_day)
-    cols: dict[str, list[Any]] = {a: [] for a in ACCOUNT_ATTRS}
-    as_of: dict[str, list[datetime | None]] = {a: [] for a in ACCOUNT_ATTRS}
-    for acc in accounts if d.accounts else ():
+    # Attributes only when some event of the batch sets one (account_updated is
+    # rare): otherwise 16 columns of nulls to encode and compare per account.
+    attrs = ACCOUNT_ATTRS if d.accounts else ()
+    cols: dict[str, list[Any]] = {a: [] for a in attrs}
+    as_of: dict[str, list[datetime | None]] = {a: [] for a in attrs}
+    for acc in accounts if attrs else ():
         upd = d.accounts.get(acc)
-        for a in ACCOUNT_ATTRS:
+        for a in attrs:
             held = upd.values.get(a) if upd else None
             cols[a].append(_plain(held[1]) if held else None)
             as_of[a].append(held[0] if held else None)
@@ -157,9 +159,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         "first_event_day = LEAST(t.first_event_day, EXCLUDED.first_event_day)",
         "last_event_day = GREATEST(t.last_event_day, EXCLUDED.last_event_day)",
     ]
-    # Attributes only when some event of the batch sets one (account_updated is
-    # rare): otherwise 16 columns of nulls to encode and compare per account.
-    for a in ACCOUNT_ATTRS if d.accounts else ():
+    for a in attrs:
         args += [cols[a], as_of[a]]
         unnest += [f"${len(args) - 1}::{types[a]}[]", f"${len(args)}::timestamptz[]"]
         names += [a, f"{a}_as_of"]
@@ -189,8 +189,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
     keys = sorted(d.days)
     if keys:
         ud = sorted(d.user_days)
-        days = d.days.get
-        columns = list(zip(*(days(k) or EMPTY_DAY for k in keys), strict=True))
+        columns = list(zip(*(d.days[k] for k in keys), strict=True))
         # Only the counters some row of the batch adds to (most event types touch
         # one or two): a column of zeros would cost its encoding and its update.
         used = [(c, col) for c, col in zip(DAY_COUNTERS, columns, strict=True) if any(col)]
