@@ -109,6 +109,7 @@ async def evaluate_accounts(
                 measures_json=store.pack_measures(ev.measures),
                 revision=revision,
                 prev_revision=st.revision,
+                prev_as_of=st.prev_as_of,
                 evaluated_seq=st.applied_seq,
             )
         )

@@ -164,7 +164,7 @@ async def history(pool: Any, account_id: str, today: date, days: int) -> dict[st
     """One row per day for the last ``days`` days (days never evaluated are absent)."""
     await _require_account(pool, account_id)
     rows = await pool.fetch(
-        """SELECT day, score, band, kpis, model_version FROM scoring_history
+        """SELECT day, score, band, kpis, model_version FROM scoring_days
            WHERE account_id = $1 AND day > $2::date - $3::int AND day <= $2::date
            ORDER BY day""",
         account_id,
@@ -192,7 +192,7 @@ async def changes(pool: Any, account_id: str, from_day: date, to_day: date) -> d
         raise BadQuery("from", "from must not be after to")
     await _require_account(pool, account_id)
     rows = await pool.fetch(
-        """SELECT day, score, band, model_version, kpis, measures FROM scoring_history
+        """SELECT day, score, band, model_version, kpis, measures FROM scoring_days
            WHERE account_id = $1 AND day = ANY($2::date[])""",
         account_id,
         [from_day, to_day],
@@ -304,7 +304,7 @@ async def score_series(
     if not account_ids:
         return {}
     rows = await pool.fetch(
-        """SELECT account_id, day, score FROM scoring_history
+        """SELECT account_id, day, score FROM scoring_days
            WHERE account_id = ANY($1::text[]) AND day > $2::date - $3::int AND day <= $2::date""",
         list(account_ids),
         today,

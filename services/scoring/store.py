@@ -322,7 +322,7 @@ WITH a AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
 -- MATERIALIZED: read once for the whole array; inlined, the planner probed the
 -- index once per account with the whole array again (quadratic in the batch).
 acc AS MATERIALIZED (SELECT * FROM scoring_accounts WHERE account_id = ANY($1::text[])),
-sc AS MATERIALIZED (SELECT account_id, revision, score, band, kpis FROM scoring_scores
+sc AS MATERIALIZED (SELECT account_id, revision, as_of, score, band, kpis FROM scoring_scores
   WHERE account_id = ANY($1::text[])),
 pub AS MATERIALIZED (SELECT account_id, revision FROM scoring_published
   WHERE account_id = ANY($1::text[])),
@@ -390,10 +390,10 @@ SELECT a.account_id,
      AND x.day <= $2::date AND x.product_events > 0) AS last_activity_day,
   (SELECT max(x.day) FROM scoring_account_days x WHERE x.account_id = a.account_id
      AND x.day <= $2::date AND x.inbound > 0) AS last_inbound_day,
-  (SELECT h.score FROM scoring_history h WHERE h.account_id = a.account_id
+  (SELECT h.score FROM scoring_days h WHERE h.account_id = a.account_id
      AND h.day = $2::date - 7) AS score_7d_ago,
-  sc.revision, pub.revision AS published_revision, sc.score AS prev_score, sc.band AS prev_band,
-  sc.kpis AS prev_kpis, acc.applied_seq
+  sc.revision, sc.as_of AS prev_as_of, pub.revision AS published_revision,
+  sc.score AS prev_score, sc.band AS prev_band, sc.kpis AS prev_kpis, acc.applied_seq
 FROM a
 JOIN acc ON acc.account_id = a.account_id
 LEFT JOIN u ON u.account_id = a.account_id
@@ -418,6 +418,7 @@ class AccountState:
     csm: str | None
     score_7d_ago: float | None
     revision: int | None
+    prev_as_of: date | None  # the day the current score is of (None: no score yet)
     published_revision: int
     prev_score: float | None
     prev_band: str | None
@@ -479,6 +480,7 @@ async def load_states(
                 csm=r["csm"],
                 score_7d_ago=r["score_7d_ago"],
                 revision=r["revision"],
+                prev_as_of=r["prev_as_of"],
                 published_revision=_i(r["published_revision"]),
                 prev_score=r["prev_score"],
                 prev_band=r["prev_band"],
@@ -531,6 +533,7 @@ class ScoreRow:
     measures_json: str  # the explanation as :func:`pack_measures` stores it
     revision: int
     prev_revision: int | None  # the revision the evaluation read (None: no score yet)
+    prev_as_of: date | None  # the day of the current score the evaluation read
     evaluated_seq: int  # the account's applied_seq the evaluation read
 
 
@@ -559,6 +562,36 @@ def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
     ]
 
 
+_HISTORY_COLUMNS = (
+    "evaluated_at, score, band, coverage, model_version, in_grace_period, kpis, measures"
+)
+_CURRENT_HISTORY_COLUMNS = ", ".join(f"s.{c}" for c in _HISTORY_COLUMNS.split(", "))
+_HISTORY_UPSERT = f"""ON CONFLICT (account_id, day) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _HISTORY_COLUMNS.split(", "))}"""
+
+
+async def _keep_past_days(pg: Pg, rows: Sequence[ScoreRow]) -> None:
+    """Move the current rows that ``rows`` replace with a later day to the history
+    (their day's last evaluation), under their row lock and only at the revision
+    the evaluation read (else its compare-and-set writes nothing either). A history
+    row of that day written later (a rescore) is kept."""
+    moving = [r for r in rows if r.prev_as_of is not None and r.prev_as_of < r.as_of]
+    if not moving:
+        return  # the common case: the account's current row is already of this day
+    await pg.execute(
+        f"""INSERT INTO scoring_history AS t (account_id, day, {_HISTORY_COLUMNS})
+            SELECT s.account_id, s.as_of, {_CURRENT_HISTORY_COLUMNS}
+            FROM scoring_scores s JOIN unnest($1::text[], $2::bigint[], $3::date[]) AS x(a, prv, d)
+              ON s.account_id = x.a
+            WHERE s.revision = x.prv AND s.as_of < x.d
+            ORDER BY s.account_id FOR UPDATE OF s
+            {_HISTORY_UPSERT} WHERE t.evaluated_at < EXCLUDED.evaluated_at""",
+        [r.account_id for r in moving],
+        [r.prev_revision for r in moving],
+        [r.as_of for r in moving],
+    )
+
+
 async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]]) -> set[str]:
     """Write current scores (``cols``: their :func:`_score_columns`), compare-and-set
     on the revision each evaluation read: when two evaluations of one account race
@@ -568,6 +601,7 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
     written: set[str] = set()
     known = [i for i, r in enumerate(rows) if r.prev_revision is not None]
     if known:
+        await _keep_past_days(pg, [rows[i] for i in known])
         got = await pg.fetch(
             f"""UPDATE scoring_scores AS t SET as_of = x.d, evaluated_at = x.e, score = x.s,
                   band = x.b, coverage = x.c, model_version = x.m, in_grace_period = x.g,
@@ -605,10 +639,13 @@ def _pick(cols: list[list[Any]], index: Sequence[int]) -> list[list[Any]]:
 
 
 async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True) -> set[str]:
-    """Write the current score rows (``current``; whose ``evaluated_at`` / ``as_of``
-    tell the sweeper when each account was last evaluated) and the day's history
-    rows; returns the accounts written (see :func:`_save_current` for the ones that
-    are not)."""
+    """Write the evaluations ``rows``; returns the accounts written.
+
+    ``current``: as the accounts' current scores (whose ``evaluated_at`` / ``as_of``
+    tell the sweeper when each was last evaluated), which are also their history
+    rows of that day (``scoring_days``); an account lost to a concurrent evaluation
+    is not written (see :func:`_save_current`). Otherwise (a rescore of a past day):
+    as history rows of their day, the current scores untouched."""
     if not rows:
         return set()
     # In key order, as every writer of these rows does: two evaluation rounds that
@@ -617,26 +654,17 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
     rows = sorted(rows, key=lambda r: r.account_id)
     cols = _score_columns(rows)
     if current:
-        written = await _save_current(pg, rows, cols)
-        cols = _pick(cols, [i for i, r in enumerate(rows) if r.account_id in written])
-    else:
-        written = {r.account_id for r in rows}
-    if not cols[0]:
-        return written
+        return await _save_current(pg, rows, cols)
     await pg.execute(
-        """INSERT INTO scoring_history AS t (account_id, day, evaluated_at, score, band,
-             coverage, model_version, in_grace_period, kpis, measures)
+        f"""INSERT INTO scoring_history AS t (account_id, day, {_HISTORY_COLUMNS})
            SELECT a, d, e, s, b, c, m, g, k::json, ms::json
            FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
                        $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[])
                 AS x(a, d, e, s, b, c, m, g, k, ms)
-           ON CONFLICT (account_id, day) DO UPDATE SET evaluated_at = EXCLUDED.evaluated_at,
-             score = EXCLUDED.score, band = EXCLUDED.band, coverage = EXCLUDED.coverage,
-             model_version = EXCLUDED.model_version, in_grace_period = EXCLUDED.in_grace_period,
-             kpis = EXCLUDED.kpis, measures = EXCLUDED.measures""",
+           {_HISTORY_UPSERT}""",
         *cols[:10],
     )
-    return written
+    return {r.account_id for r in rows}
 
 
 async def pending_accounts(pg: Pg, limit: int | None = None) -> list[str]:

@@ -10,7 +10,9 @@ depends on how much history exists (see docs/scoring.md, "Storage"):
 - ``scoring_contact_days``   one row per (account, day, contact): inbound/outbound touches
 - ``scoring_accounts``       one row per account: attributes with their "as of" times
 - ``scoring_processed_events`` event ids seen in the last 7 days (dedup)
-- ``scoring_scores`` / ``scoring_history`` the current score and one row per day
+- ``scoring_scores``         the current score (also the history row of its day)
+- ``scoring_history``        one row per (account, earlier day): that day's last score
+- ``scoring_days`` (a view)  the daily history: both of the above
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ async def test_a_stale_evaluation_writes_nothing_over_a_newer_one(
             "SELECT revision, kpis FROM scoring_scores WHERE account_id = 'race'"
         )
         assert (row["revision"], row["kpis"]["dau"]) == (2, 2)
-        history = await pool.fetchval("SELECT kpis FROM scoring_history WHERE account_id = 'race'")
+        history = await pool.fetchval("SELECT kpis FROM scoring_days WHERE account_id = 'race'")
         assert history["dau"] == 2
 
 

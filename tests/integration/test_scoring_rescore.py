@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
 
-from services.scoring.score_model import DEFAULT_MODEL_PATH, load_model
+from services.scoring.evaluation import evaluate_accounts
+from services.scoring.score_model import DEFAULT_MODEL_PATH, ScoreModel, load_model
 from services.scoring.sweep import sweep_once
 from tests.infra import ROOT
 from tests.integration.scoring_support import Stack, running_stack
@@ -61,7 +62,7 @@ async def test_rescore_rewrites_past_days_with_the_new_model(
     assert proc.returncode == 0, proc.stderr
     assert "rescored 4 account-days with model custom-2" in proc.stdout
     rows = await stack.pool.fetch(
-        "SELECT day, model_version, kpis FROM scoring_history WHERE account_id = 'r1' ORDER BY day"
+        "SELECT day, model_version, kpis FROM scoring_days WHERE account_id = 'r1' ORDER BY day"
     )
     by_day = {r["day"]: r for r in rows}
     assert sorted(by_day) == [D - timedelta(days=i) for i in range(4, -1, -1)]
@@ -94,3 +95,49 @@ async def test_rescore_refuses_an_invalid_model(env: dict[str, str], tmp_path: P
     )
     assert proc.returncode == 2
     assert "unknown kpi 'happiness'" in proc.stderr
+
+
+async def test_a_rescored_day_outlives_the_older_current_row_of_that_day(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """An account whose current score is still of day X (not evaluated since) when
+    X is rescored: the rescored row is X's history, also once the next day's
+    evaluation moves the older current row to the history."""
+    pool, model = stack.pool, stack.model
+    x = D + timedelta(days=30)
+    await pool.execute(
+        "INSERT INTO scoring_accounts (account_id, first_event_day, last_event_day)"
+        " VALUES ('r2', $1, $1)",
+        x,
+    )
+    new_model = tmp_path / "model.yaml"
+    new_model.write_text(
+        DEFAULT_MODEL_PATH.read_text().replace(
+            'version: "default-2026.11-1"', 'version: "custom-3"'
+        )
+    )
+
+    async def evaluate(as_of: date, hours: int, m: ScoreModel, current: bool) -> None:
+        async with pool.acquire() as pg, pg.transaction():
+            await evaluate_accounts(
+                pg,
+                ["r2"],
+                model=m,
+                as_of=as_of,
+                now=datetime.combine(x, time(0), tzinfo=UTC) + timedelta(hours=hours),
+                trigger="sweep" if current else "rescore",
+                current=current,
+            )
+
+    async def days() -> list[tuple[date, str]]:
+        rows = await pool.fetch(
+            "SELECT day, model_version FROM scoring_days WHERE account_id = 'r2' ORDER BY day"
+        )
+        return [(r["day"], r["model_version"]) for r in rows]
+
+    await evaluate(x, 1, model, current=True)
+    assert await days() == [(x, model.version)]
+    await evaluate(x, 2, load_model(new_model), current=False)  # the rescore, later
+    assert await days() == [(x, "custom-3")]
+    await evaluate(x + timedelta(days=1), 25, model, current=True)
+    assert await days() == [(x, "custom-3"), (x + timedelta(days=1), model.version)]

@@ -200,7 +200,7 @@ async def test_score_carries_its_explanation(stack: Stack) -> None:
 
 
 async def test_history_row_per_day_and_dedup_table(stack: Stack) -> None:
-    rows = await stack.pool.fetch("SELECT account_id, day FROM scoring_history ORDER BY account_id")
+    rows = await stack.pool.fetch("SELECT account_id, day FROM scoring_days ORDER BY account_id")
     assert [(r["account_id"], r["day"]) for r in rows] == [
         ("decline", D),
         ("growth", D),

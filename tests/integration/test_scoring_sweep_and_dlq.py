@@ -231,3 +231,26 @@ async def test_two_sweepers_share_the_work_without_double_evaluation(stack: Stac
     )
     assert a + b == len(before)  # every account exactly once across both sweepers
     assert all(after[k] == before[k] + 1 for k in before)
+
+
+async def test_each_day_keeps_its_last_evaluation_in_the_history(stack: Stack) -> None:
+    from services.scoring import read_model
+
+    now = stack.clock.now()
+    day = now.date()
+    for user in ("u1", "u2"):  # two evaluations that day: dau 1, then 2
+        await stack.send(
+            [stack.event("login", "daily", day, user_id=user, timestamp=now.isoformat())]
+        )
+        await stack.wait_consumed()
+    assert (await stack.health("daily"))["kpis"]["dau"] == 2
+    stack.clock.advance(timedelta(days=1))
+    assert await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock) >= 1
+    got = await read_model.history(stack.pool, "daily", day + timedelta(days=1), 7)
+    assert [(h["day"], h["kpis"]["dau"], h["kpis"]["wau"]) for h in got["history"]] == [
+        (day.isoformat(), 2, 2),
+        ((day + timedelta(days=1)).isoformat(), 0, 2),
+    ]
+    # the earlier day's row moved to the history table; today's is the current row
+    rows = await stack.pool.fetch("SELECT day FROM scoring_history WHERE account_id = 'daily'")
+    assert [r["day"] for r in rows] == [day]
