@@ -430,16 +430,30 @@ def _i(v: Any) -> int:
     return int(v or 0)
 
 
+# Planner settings for the window read (this transaction only):
+# - planned for these very arrays: a generic plan (what a prepared statement gets
+#   after five runs) guesses their sizes and can pick nested loops that re-run the
+#   window aggregates per account;
+# - no JIT: once the tables are analysed, the estimated cost of reading 1,000
+#   accounts passes ``jit_above_cost`` and compiling took ~1 s per round
+#   (PostgreSQL 15 with LLVM, measured: 1,088 ms vs 31 ms without) for a query
+#   that runs in tens of milliseconds;
+# - random_page_cost 1.1 (the windows are hot in cache): the per-account tables are
+#   read by key instead of scanned whole — a scan pays for every account stored
+#   (1,000 of 63,000 accounts: 44 ms instead of 60 ms, analysed tables).
+_READ_SETTINGS = (
+    "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;"
+    " SET LOCAL random_page_cost = 1.1"
+)
+
+
 async def load_states(
     pg: Pg, account_ids: Sequence[str], as_of: date, key_features: Sequence[str]
 ) -> list[AccountState]:
     """Everything needed to evaluate ``account_ids`` as of ``as_of``: one query."""
     if not account_ids:
         return []
-    # Planned for these very arrays: a generic plan (what a prepared statement gets
-    # after five runs) guesses their sizes and can pick nested loops that re-run
-    # the window aggregates per account.
-    await pg.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    await pg.execute(_READ_SETTINGS)
     rows = await pg.fetch(_AGGREGATES_SQL, list(account_ids), as_of, list(key_features))
     out = []
     for r in rows:
