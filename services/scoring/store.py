@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import Enum
 from typing import Any
 
@@ -708,17 +708,27 @@ async def mark_published(pg: Pg, revisions: dict[str, int]) -> None:
 
 
 async def stale_accounts(pg: Pg, *, today: date, stale_before: datetime, limit: int) -> list[str]:
-    """Lock and return accounts due for a time-driven evaluation (SKIP LOCKED: a
-    second scoring process, or the consumer holding an account, is skipped)."""
-    stale = """(s.account_id IS NULL OR s.evaluated_at < $2 OR s.as_of < $1::date)"""
+    """Lock and return scored accounts due for a time-driven evaluation: evaluated
+    before ``stale_before`` or before ``today`` (SKIP LOCKED: a second scoring
+    process, or the consumer holding an account, is skipped), oldest first.
+
+    "Before today" is ``evaluated_at`` before today's midnight (UTC): every
+    evaluation writes ``as_of`` as the UTC day of its ``evaluated_at``. That makes
+    staleness one range of the ``evaluated_at`` index, so a poll reads the stale
+    rows (and accounts idle for over 400 days, skipped) instead of every account
+    (88 ms per poll with 63,000 accounts stored and none stale, before). Accounts
+    with no score yet are not swept: they are pending, and the evaluator takes
+    them (refilled from ``pending_accounts`` on every partition assignment)."""
+    cutoff = max(stale_before, datetime.combine(today, time(0), tzinfo=UTC))
+    stale = "s.evaluated_at < $2 AND a.last_event_day > $1::date - 400"
     rows = await pg.fetch(
-        f"""SELECT a.account_id FROM scoring_accounts a
-            LEFT JOIN scoring_scores s ON s.account_id = a.account_id
-            WHERE a.last_event_day > $1::date - 400 AND {stale}
-            ORDER BY s.evaluated_at NULLS FIRST
+        f"""SELECT a.account_id FROM scoring_scores s
+            JOIN scoring_accounts a ON a.account_id = s.account_id
+            WHERE {stale}
+            ORDER BY s.evaluated_at
             LIMIT $3 FOR UPDATE OF a SKIP LOCKED""",
         today,
-        stale_before,
+        cutoff,
         limit,
     )
     if not rows:
@@ -727,11 +737,11 @@ async def stale_accounts(pg: Pg, *, today: date, stale_before: datetime, limit: 
     # lock another sweeper released just before ours was taken has been evaluated
     # by it, but the locking statement judged it on its older snapshot.
     still = await pg.fetch(
-        f"""SELECT a.account_id FROM scoring_accounts a
-            LEFT JOIN scoring_scores s ON s.account_id = a.account_id
+        f"""SELECT a.account_id FROM scoring_scores s
+            JOIN scoring_accounts a ON a.account_id = s.account_id
             WHERE a.account_id = ANY($3::text[]) AND {stale}""",
         today,
-        stale_before,
+        cutoff,
         [r[0] for r in rows],
     )
     return [r[0] for r in still]

@@ -254,3 +254,28 @@ async def test_each_day_keeps_its_last_evaluation_in_the_history(stack: Stack) -
     # the earlier day's row moved to the history table; today's is the current row
     rows = await stack.pool.fetch("SELECT day FROM scoring_history WHERE account_id = 'daily'")
     assert [r["day"] for r in rows] == [day]
+
+
+async def test_a_new_utc_day_makes_yesterdays_scores_stale_at_once(stack: Stack) -> None:
+    """Re-evaluated at least once per UTC day: an account last evaluated seconds
+    before midnight is swept seconds after it (long before sweep_interval)."""
+    now = stack.clock.now()
+    before_midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    stack.clock.advance(before_midnight - timedelta(seconds=10) - now)
+    await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock)  # catch up
+    late = stack.clock.now()
+    await stack.send(
+        [stack.event("login", "night-owl", late.date(), user_id="u1", timestamp=late.isoformat())]
+    )
+    await stack.wait_consumed()
+    assert (await stack.health("night-owl"))["as_of"] == late.date()
+    # nothing is stale just before midnight: everything was just swept or scored
+    assert await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock) == 0
+    stack.clock.advance(timedelta(seconds=20))  # 00:00:10, the next day
+    swept = await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock)
+    assert swept >= 1
+    after = await stack.health("night-owl")
+    assert after["as_of"] == late.date() + timedelta(days=1) and after["trigger"] == "sweep"
+    # and once swept today, it waits for the interval again
+    stack.clock.advance(timedelta(seconds=30))
+    assert await sweep_once(stack.settings, stack.pool, None, stack.model, stack.clock) == 0
