@@ -264,6 +264,28 @@ async def stored_accounts(settings: ScoringSettings) -> int:
         await pg.close()
 
 
+async def sweep_poll_ms(settings: ScoringSettings) -> float:
+    """What one sweeper poll costs when nothing is stale (every account of
+    ``settings``' database evaluated just now): its stale-account query, ms."""
+    pg = await asyncpg.connect(store.dsn(settings.database_url))
+    try:
+        took = []
+        for _ in range(5):
+            now = datetime.now(UTC)
+            async with pg.transaction():
+                started = time.perf_counter()
+                await store.stale_accounts(
+                    pg,
+                    today=now.date(),
+                    stale_before=now - timedelta(seconds=settings.sweep_interval),
+                    limit=settings.sweep_batch,
+                )
+                took.append(time.perf_counter() - started)
+        return 1000 * sorted(took)[len(took) // 2]
+    finally:
+        await pg.close()
+
+
 def _evaluations() -> float:
     """Event-triggered account evaluations committed so far in this process."""
     from services.scoring.metrics import ACCOUNTS_SCORED
@@ -325,6 +347,8 @@ async def run(ctx: BenchContext) -> list[Row]:
         r["stored"] = await stored_accounts(s3)
         await produce(s3, active)
         r["settled"], _ = await scoring_run(s3, 2 * n)
+        if i == 0:
+            r["poll_ms"] = await sweep_poll_ms(s3)
         rounds.append(r)
 
     def median(ratio: Callable[[dict[str, float]], float]) -> tuple[dict[str, float], str]:
@@ -371,6 +395,15 @@ async def run(ctx: BenchContext) -> list[Row]:
             )
         )
     r = rounds[0]
+    rows.append(
+        Row(
+            "scoring",
+            "sweeper poll, nothing stale (100k run's accounts stored)",
+            r["poll_ms"],
+            "ms",
+            f"{r['stored']:,.0f} accounts stored; median of 5 polls (the stale-account query)",
+        )
+    )
     rows.append(
         Row(
             "scoring",
