@@ -15,7 +15,10 @@ import orjson
 
 from services.scoring.store import unpack_measures
 
-# sort → (key expression, direction); nulls sort last in either direction
+# sort → (key expression, direction); nulls sort last in either direction. The
+# default ("score", worst first) is read from the index ix_scoring_scores_worst_first
+# on exactly this expression and account_id (migration scoring_0005): keep the two
+# identical, or every page sorts every account again.
 SORTS: dict[str, tuple[str, str]] = {
     "score": ("COALESCE(s.score, 1e9)", "ASC"),
     "-score": ("COALESCE(s.score, -1e9)", "DESC"),

@@ -1,11 +1,13 @@
-"""How the scoring service's window read is planned: settings a user's PostgreSQL
-configuration must not be able to turn into a slow evaluation round."""
+"""How the scoring service's hot queries are planned: the window read (settings a
+user's PostgreSQL configuration must not turn into a slow evaluation round) and
+the accounts list (read from an index, not a sort of every account)."""
 
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
-from services.scoring import store
+from services.scoring import read_model, store
 from tests.integration.scoring_support import settings_from
 
 
@@ -34,3 +36,35 @@ async def test_the_window_read_is_never_jit_compiled(env: dict[str, str]) -> Non
         1.1,
     )
     assert after == "auto"
+
+
+async def test_the_default_accounts_page_is_read_in_order_from_an_index(
+    env: dict[str, str],
+) -> None:
+    """Worst first (the dashboard's and the API's default) pages by reading the
+    ``ix_scoring_scores_worst_first`` index, not by sorting every account: with
+    scans made prohibitively expensive, the planner still finds a plan without a
+    Sort node only if the index matches the sort expression of ``read_model``."""
+    queries: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Recorder:  # the read model's only use of its pool here: one fetch
+        async def fetch(self, sql: str, *args: Any) -> list[Any]:
+            queries.append((sql, args))
+            return []
+
+    cursor = read_model._encode_cursor("score", 42.5, "acme")
+    for kwargs in ({}, {"cursor": cursor}, {"band": "red", "cursor": cursor}):
+        await read_model.accounts_page(Recorder(), **kwargs)
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg, pg.transaction():
+            await pg.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+            plans = [
+                "\n".join(r[0] for r in await pg.fetch("EXPLAIN " + sql, *args))
+                for sql, args in queries
+            ]
+    finally:
+        await pool.close()
+    for plan in plans:
+        assert "ix_scoring_scores_worst_first" in plan, plan
+        assert "Sort" not in plan, plan
