@@ -611,7 +611,9 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
     on the revision each evaluation read: when two evaluations of one account race
     (the evaluator and a sweep, or two processes around a rebalance), the one that
     commits first wins and the other writes nothing (its account stays pending and
-    is evaluated again)."""
+    is evaluated again). Nor does an evaluation as of an earlier day than the
+    current row's (one that started just before midnight and commits after one
+    that started after it): that row is also the later day's history."""
     written: set[str] = set()
     known = [i for i, r in enumerate(rows) if r.prev_revision is not None]
     if known:
@@ -624,7 +626,7 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
                   evaluated_seq = CASE WHEN x.rv = t.revision
                     THEN GREATEST(t.evaluated_seq, x.es) ELSE x.es END
                 FROM {_SCORE_UNNEST}, $15::bigint[]) AS x({_SCORE_COLUMNS}, prv)
-                WHERE t.account_id = x.a AND t.revision = x.prv
+                WHERE t.account_id = x.a AND t.revision = x.prv AND t.as_of <= x.d
                 RETURNING t.account_id""",
             *_pick(cols, known),
             [rows[i].prev_revision for i in known],

@@ -117,9 +117,9 @@ async def test_a_rescored_day_outlives_the_older_current_row_of_that_day(
         )
     )
 
-    async def evaluate(as_of: date, hours: int, m: ScoreModel, current: bool) -> None:
+    async def evaluate(as_of: date, hours: int, m: ScoreModel, current: bool) -> set[str]:
         async with pool.acquire() as pg, pg.transaction():
-            await evaluate_accounts(
+            done = await evaluate_accounts(
                 pg,
                 ["r2"],
                 model=m,
@@ -128,6 +128,7 @@ async def test_a_rescored_day_outlives_the_older_current_row_of_that_day(
                 trigger="sweep" if current else "rescore",
                 current=current,
             )
+        return done.written
 
     async def days() -> list[tuple[date, str]]:
         rows = await pool.fetch(
@@ -140,4 +141,8 @@ async def test_a_rescored_day_outlives_the_older_current_row_of_that_day(
     await evaluate(x, 2, load_model(new_model), current=False)  # the rescore, later
     assert await days() == [(x, "custom-3")]
     await evaluate(x + timedelta(days=1), 25, model, current=True)
+    assert await days() == [(x, "custom-3"), (x + timedelta(days=1), model.version)]
+    # an evaluation as of the earlier day committing late (it started before
+    # midnight) replaces nothing: the current row is the later day's history too
+    assert await evaluate(x, 26, load_model(new_model), current=True) == set()
     assert await days() == [(x, "custom-3"), (x + timedelta(days=1), model.version)]
