@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -402,3 +403,57 @@ async def test_a_batch_gives_up_waiting_for_a_stuck_previous_one(
         assert await _product_events(pool, "stuck") == 1
         await rig.processor().process(b2)
         assert await _product_events(pool, "stuck") == 2
+
+
+async def test_rounds_racing_over_midnight_keep_each_days_last_evaluation(
+    env: dict[str, str],
+) -> None:
+    """Several evaluation rounds over overlapping accounts, as of the next day, at
+    once (the evaluator's rounds and sweeps at midnight): every account ends with
+    its earlier day's row in the history exactly as it was, and one current row
+    of the new day; rounds that collide wait or retry, none fails."""
+    async with _rig(env) as rig:
+        pool, model = rig.pool, rig.model
+        accounts = [f"mid-{i:02d}" for i in range(24)]
+        proc = rig.processor()
+        await proc.process(await _batch_of(rig.settings, [_login(1, a, "u1") for a in accounts]))
+        while await proc.evaluate_pending():
+            pass
+        day = NOW.date()
+        before = {
+            r["account_id"]: r["kpis"]
+            for r in await pool.fetch(
+                "SELECT account_id, kpis FROM scoring_scores WHERE account_id = ANY($1)", accounts
+            )
+        }
+        assert len(before) == len(accounts)
+        later = NOW + timedelta(days=1)
+        rnd = random.Random(7)
+
+        async def round_of(ids: list[str]) -> set[str]:
+            async def work(pg: store.Pg) -> set[str]:
+                done = await evaluate_accounts(
+                    pg, ids, model=model, as_of=later.date(), now=later, trigger="sweep"
+                )
+                return done.written
+
+            return await consumer.in_transaction(pool, work)
+
+        subsets = [rnd.sample(accounts, 12) for _ in range(8)] + [accounts]
+        written = await asyncio.gather(*(round_of(ids) for ids in subsets))
+        assert set().union(*written) == set(accounts)  # every account written by some round
+        rows = await pool.fetch(
+            "SELECT account_id, day, kpis FROM scoring_days WHERE account_id = ANY($1)"
+            " ORDER BY account_id, day",
+            accounts,
+        )
+        history = await pool.fetch(
+            "SELECT account_id, day, kpis FROM scoring_history WHERE account_id = ANY($1)",
+            accounts,
+        )
+    assert {(r["account_id"], r["day"]) for r in rows} == {
+        (a, d) for a in accounts for d in (day, later.date())
+    }
+    assert {r["account_id"]: (r["day"], r["kpis"]) for r in history} == {
+        a: (day, before[a]) for a in accounts
+    }
