@@ -31,6 +31,14 @@ class ScoringSettings(CommonSettings):
         ge=1,
         description="Accounts waiting for evaluation above which the consumer stops fetching.",
     )
+    backlog_evaluate_interval: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Seconds: while the consumer is more than a batch behind, an account "
+        "waiting for evaluation waits up to this long, so it is evaluated once for many "
+        "batches (0: after every batch). Without a backlog accounts are evaluated at once.",
+    )
     shutdown_evaluate_seconds: float = Field(
         default=10.0, ge=0, description="On shutdown, time left to evaluate pending accounts."
     )

@@ -1,0 +1,77 @@
+"""When the evaluator may start a round (consumer.BatchProcessor.evaluation_wait):
+at once without a backlog; under a backlog once the longest-waiting account has
+waited ``backlog_evaluate_interval``; at once again when the consumer catches up."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from services.scoring.consumer import BatchProcessor
+from services.scoring.settings import ScoringSettings
+
+
+def _processor(**kw: Any) -> BatchProcessor:
+    settings = ScoringSettings(backlog_evaluate_interval=2.0, **kw)
+    return BatchProcessor(settings, pool=None, producer=None, model=None, clock=None)  # type: ignore[arg-type]
+
+
+def test_nothing_pending_nothing_to_wait_for() -> None:
+    p = _processor()
+    assert p.evaluation_wait(time.monotonic()) is None
+    p.set_backlog(True)
+    assert p.evaluation_wait(time.monotonic()) is None
+
+
+def test_without_a_backlog_pending_accounts_are_due_at_once() -> None:
+    p = _processor()
+    p.pending.add("a", Counter({1.0: 1}))
+    assert p.evaluation_wait(time.monotonic()) == 0.0
+
+
+def test_under_a_backlog_the_oldest_account_waits_the_interval() -> None:
+    p = _processor()
+    p.set_backlog(True)
+    p.pending.add("a")
+    now = time.monotonic()
+    assert 1.9 < p.evaluation_wait(now) <= 2.0  # type: ignore[operator]
+    p.pending.add("b")  # a later account does not reset the oldest one's wait
+    assert 0.9 < p.evaluation_wait(now + 1.0) <= 1.0  # type: ignore[operator]
+    assert p.evaluation_wait(now + 2.5) == 0.0
+    assert set(p.pending.take(10)) == {"a", "b"}
+    assert p.evaluation_wait(now + 2.5) is None  # taken: none left that no round holds
+
+
+def test_catching_up_makes_everything_due_and_wakes_the_evaluators() -> None:
+    p = _processor()
+    p.set_backlog(True)
+    p.pending.add("a")
+    p.pending.changed.clear()
+    p.set_backlog(False)
+    assert p.pending.changed.is_set()
+    assert p.evaluation_wait(time.monotonic()) == 0.0
+
+
+def test_more_waiting_than_the_consumer_lets_wait_is_due_at_once() -> None:
+    """Over ``pending_max_accounts`` the consumer stops fetching until the evaluator
+    catches up: pacing then would stall both."""
+    p = _processor(pending_max_accounts=2)
+    p.set_backlog(True)
+    for a in ("a", "b", "c"):
+        p.pending.add(a)
+    assert p.evaluation_wait(time.monotonic()) == 0.0
+
+
+def test_accounts_put_back_after_a_failed_round_are_due_at_once() -> None:
+    p = _processor()
+    p.set_backlog(True)
+    p.pending.add("a")
+    taken = p.pending.take(10)
+    p.pending.release(taken)
+    p.pending.add("b")  # joined meanwhile: waits its interval
+    p.pending.restore(taken)
+    assert list(p.pending.take(1)) == ["a"]  # back at the front
+    p.pending.release(["a"])
+    p.pending.restore({"a": Counter()})
+    assert p.evaluation_wait(time.monotonic()) == 0.0
