@@ -62,6 +62,7 @@ IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows u
 # cannot see (another process waiting for those ids while the batch before waits
 # for that process).
 PREVIOUS_BATCH_WAIT_SECONDS = 30.0
+MIN_ROUND = 100  # accounts an evaluation round takes at least (when that many wait)
 
 
 async def in_transaction(
@@ -242,6 +243,16 @@ class Pending:
         busy.update(taken)
         return taken
 
+    def share(self, settings: ScoringSettings) -> int:
+        """How many accounts a round takes: an equal share of what is pending or
+        in flight for each evaluator, at least :data:`MIN_ROUND` (smaller rounds
+        would only add round trips), at most ``evaluate_batch``: 1,000 accounts
+        due at once, as when a backlog drains, are two rounds of 500 that run
+        side by side, not one of 1,000 while the other evaluator idles."""
+        busy = len(self._accounts) + len(self._in_flight)
+        share = max(MIN_ROUND, -(-busy // settings.evaluators))
+        return min(settings.evaluate_batch, share)
+
     def waited(self, now: float) -> float | None:
         """How long (s) the longest-waiting account that no round holds has been on
         the list (``now``: :func:`time.monotonic`); None when there is none."""
@@ -318,13 +329,30 @@ class BatchProcessor:
         # the consumer is more than a batch behind its partitions' ends (see
         # evaluation_wait); False when idle, caught up, or shutting down
         self.backlog = False
+        self._catching_up: object | None = None  # see set_backlog
 
     def set_backlog(self, behind: bool) -> None:
         """The consumer's position after a fetch: more than a batch behind or not.
-        Catching up wakes the evaluators (what waits is due at once)."""
-        if self.backlog and not behind:
-            self.pending.changed.set()
-        self.backlog = behind
+        Catching up wakes the evaluators (what waits is due at once) once the batch
+        being applied has committed: it touches most of what is pending again, and
+        a round started before it would be followed by a second one right after."""
+        self._catching_up = None
+        if behind or not self.backlog:
+            self.backlog = behind
+            return
+        applying = self.applying
+        if applying is None or applying.task.done():
+            self._caught_up()
+            return
+        token = self._catching_up = object()
+        applying.task.add_done_callback(lambda _: self._caught_up(token))
+
+    def _caught_up(self, token: object | None = None) -> None:
+        if token is not None and token is not self._catching_up:
+            return  # behind again since (or already caught up)
+        self._catching_up = None
+        self.backlog = False
+        self.pending.changed.set()
 
     def evaluation_wait(self, now: float) -> float | None:
         """Seconds before the next evaluation round may start (0: now; None: nothing
@@ -461,7 +489,7 @@ class BatchProcessor:
         transaction, then publish their snapshots; returns how many were written.
         Accounts lost to a concurrent evaluation (or the whole round, on an
         error) go back to the front of the list."""
-        taken = self.pending.take(self.settings.evaluate_batch)
+        taken = self.pending.take(self.pending.share(self.settings))
         if not taken:
             return 0
         now = self.clock.now()

@@ -4,11 +4,12 @@ waited ``backlog_evaluate_interval``; at once again when the consumer catches up
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from typing import Any
 
-from services.scoring.consumer import BatchProcessor
+from services.scoring.consumer import Applying, BatchProcessor
 from services.scoring.settings import ScoringSettings
 
 
@@ -75,3 +76,54 @@ def test_accounts_put_back_after_a_failed_round_are_due_at_once() -> None:
     p.pending.release(["a"])
     p.pending.restore({"a": Counter()})
     assert p.evaluation_wait(time.monotonic()) == 0.0
+
+
+async def test_catching_up_waits_for_the_batch_being_applied() -> None:
+    """That batch touches most of what is pending again: a round started before it
+    commits would be followed by a second one of the same accounts right after."""
+    p = _processor()
+    p.set_backlog(True)
+    p.pending.add("a")
+    gate = asyncio.Event()
+    task = asyncio.create_task(gate.wait())
+    p.applying = Applying(task, batch=None)  # type: ignore[arg-type]
+    p.pending.changed.clear()
+    p.set_backlog(False)
+    assert p.backlog and not p.pending.changed.is_set()
+    assert p.evaluation_wait(time.monotonic()) > 0  # type: ignore[operator]
+    gate.set()
+    await task
+    await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+    assert not p.backlog and p.pending.changed.is_set()
+    assert p.evaluation_wait(time.monotonic()) == 0.0
+
+
+async def test_behind_again_before_the_batch_commits_stays_behind() -> None:
+    p = _processor()
+    p.set_backlog(True)
+    gate = asyncio.Event()
+    task = asyncio.create_task(gate.wait())
+    p.applying = Applying(task, batch=None)  # type: ignore[arg-type]
+    p.set_backlog(False)
+    p.set_backlog(True)  # the next fetch found more than a batch waiting
+    gate.set()
+    await task
+    await asyncio.sleep(0)
+    assert p.backlog
+
+
+def test_a_round_takes_an_equal_share_per_evaluator() -> None:
+    p = _processor(evaluators=2, evaluate_batch=1000)
+    for i in range(1000):
+        p.pending.add(f"a{i}")
+    first = p.pending.take(p.pending.share(p.settings))
+    assert len(first) == 500
+    second = p.pending.take(p.pending.share(p.settings))
+    assert len(second) == 500
+    for i in range(5000):
+        p.pending.add(f"b{i}")
+    assert p.pending.share(p.settings) == 1000  # never above evaluate_batch
+    small = _processor(evaluators=2)
+    for i in range(30):
+        small.pending.add(f"c{i}")
+    assert len(small.pending.take(small.pending.share(small.settings))) == 30  # one round
