@@ -71,6 +71,7 @@ async def evaluate_accounts(
     states = await store.load_states(pg, account_ids, as_of, model.key_features)
     rows: list[store.ScoreRow] = []
     snapshots: list[Snapshot] = []
+    as_of_text, now_text = as_of.isoformat(), now.isoformat()  # the same for every account
     for st in states:
         kpis = compute_kpis(st.windows)
         ev = evaluate(
@@ -122,8 +123,8 @@ async def evaluate_accounts(
                     {
                         "account_id": st.account_id,
                         "revision": revision,
-                        "as_of": as_of.isoformat(),
-                        "evaluated_at": now.isoformat(),
+                        "as_of": as_of_text,
+                        "evaluated_at": now_text,
                         "trigger": trigger,
                         "account_name": st.name,
                         "lifecycle_stage": st.lifecycle_stage,

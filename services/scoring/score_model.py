@@ -199,7 +199,7 @@ class MeasureScore:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Evaluation:
     score: float | None
     band: Band | None
@@ -214,6 +214,9 @@ class _Plan:
     """The measures of one (model, lifecycle stage, grace) combination, flattened once."""
 
     shown: tuple[tuple[str, str | None, float, float], ...]  # kpi, group, red, green
+    # per shown measure: the result when its KPI is null (shared by every evaluation
+    # of this plan: most measures of a young account are null; never mutated)
+    left_out: tuple[MeasureScore, ...]
     # applied groups: (group weight, Σ measure weights, ((kpi, measure weight), ...))
     applied: tuple[tuple[float, float, tuple[tuple[str, float], ...]], ...]
     total_group_weight: float
@@ -246,7 +249,10 @@ def _plan(model: ScoreModel, lifecycle_stage: str | None, grace: bool) -> _Plan:
         ms = tuple((m.kpi, m.weight) for m in g.measures if not (grace and m.adoption))
         if ms:
             applied.append((g.weight, sum(w for _, w in ms), ms))
-    plan = _Plan(shown, tuple(applied), sum(a[0] for a in applied))
+    left_out = tuple(
+        MeasureScore(kpi, group, None, None, 0.0, 0.0, 0.0) for kpi, group, _, _ in shown
+    )
+    plan = _Plan(shown, left_out, tuple(applied), sum(a[0] for a in applied))
     _PLANS[key] = (model, plan)
     return plan
 
@@ -300,13 +306,17 @@ def evaluate(
     coverage = weights.coverage
     results: list[MeasureScore] = []
     score_sum = 0.0
-    for (kpi, group, red, green), value, eff, eff_shown in zip(
-        plan.shown, values, weights.effective, weights.shown, strict=True
+    for (kpi, group, red, green), value, eff, eff_shown, left_out in zip(
+        plan.shown, values, weights.effective, weights.shown, plan.left_out, strict=True
     ):
-        if eff is None or value is None:
+        if value is None:
+            results.append(left_out)
+            continue
+        if eff is None:  # a value, but the measure does not apply (grace period)
             results.append(MeasureScore(kpi, group, value, None, 0.0, 0.0, 0.0))
             continue
-        pts = 100.0 * min(1.0, max(0.0, (float(value) - red) / (green - red)))
+        t = (float(value) - red) / (green - red)  # 0 at red, 1 at green; clamped below
+        pts = 100.0 * t if 0.0 < t < 1.0 else (100.0 if t >= 1.0 else 0.0)
         contribution = pts * eff
         score_sum += contribution
         results.append(

@@ -531,8 +531,11 @@ def unpack_measures(packed: Sequence[Sequence[Any]], kpis: dict[str, Any]) -> li
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScoreRow:
+    """One evaluation to write (slots, not frozen: one is built per evaluation, and
+    a frozen dataclass pays an ``object.__setattr__`` call per field)."""
+
     account_id: str
     as_of: date
     evaluated_at: datetime

@@ -279,3 +279,24 @@ def test_property_score_is_bounded_and_weights_sum_to_one(
     assert sum(x.weight for x in ev.measures) == pytest.approx(1.0, abs=1e-5)
     total = sum(x.contribution + x.left_on_table for x in ev.measures)
     assert total == pytest.approx(100.0, abs=0.01)
+
+
+@given(lic=kpi_values, idle=kpi_values, nps=kpi_values)
+def test_property_each_measure_scores_its_points_and_null_ones_are_left_out(
+    lic: float | None, idle: float | None, nps: float | None
+) -> None:
+    """The evaluation's inlined clamp equals :func:`points` (inverted scale included),
+    and a null KPI's measure is left out with nothing from another account's
+    evaluation (its result is shared between evaluations of one plan)."""
+    m = load_model()
+    kpis = {"license_utilization": lic, "days_since_last_activity": idle, "nps": nps}
+    first = evaluate(m, kpis, lifecycle_stage="active", onboarding_completed_at=None, as_of=D)
+    other = evaluate(m, {}, lifecycle_stage="active", onboarding_completed_at=None, as_of=D)
+    bounds = {x.kpi: (x.red, x.green) for g in m.measures_for("active") for x in g.measures}
+    for got in first.measures:
+        value = kpis.get(got.kpi)
+        if value is None:
+            assert (got.value, got.points, got.weight, got.contribution) == (None, None, 0, 0)
+        else:
+            assert got.points == round(points(value, *bounds[got.kpi]), 2)  # type: ignore[arg-type]
+    assert all(x.value is None and x.points is None for x in other.measures)
