@@ -30,6 +30,7 @@ from bench.prom import delta, quantile, scrape, total
 from services.scoring import store
 from services.scoring.clock import SystemClock
 from services.scoring.consumer import new_producer, run_consumer
+from services.scoring.evaluation import evaluate_accounts
 from services.scoring.score_model import load_model
 from services.scoring.settings import ScoringSettings
 from shared.events import decode_event, event_day
@@ -297,6 +298,29 @@ async def sweep_poll_ms(settings: ScoringSettings) -> float:
         await pg.close()
 
 
+async def evaluation_us(settings: ScoringSettings, accounts: list[str]) -> float:
+    """What one evaluation round costs per account (µs, median of 3), the round
+    rolled back: window reads, KPIs, scores, explanations, the score writes."""
+    pg = await asyncpg.connect(store.dsn(settings.database_url))
+    model = load_model()
+    try:
+        took = []
+        for _ in range(3):
+            now = datetime.now(UTC)
+            tr = pg.transaction()
+            await tr.start()
+            started = time.perf_counter()
+            done = await evaluate_accounts(
+                pg, accounts, model=model, as_of=now.date(), now=now, trigger="sweep"
+            )
+            took.append(time.perf_counter() - started)
+            await tr.rollback()
+            assert len(done.written) == len(accounts)
+        return 1e6 * sorted(took)[1] / len(accounts)
+    finally:
+        await pg.close()
+
+
 def _evaluations() -> float:
     """Event-triggered account evaluations committed so far in this process."""
     from services.scoring.metrics import ACCOUNTS_SCORED
@@ -360,6 +384,11 @@ async def run(ctx: BenchContext) -> list[Row]:
         r["settled"], _ = await scoring_run(s3, 2 * n)
         if i == 0:
             r["poll_ms"] = await sweep_poll_ms(s3)
+        # 3c. one evaluation round of the same 1k accounts (alike: ~100 events each)
+        # in the 1k database and in the one with every account of the 100k run
+        busy = [f"a{k}" for k in range(1_000)]
+        r["eval_1k"] = await evaluation_us(s2, busy)
+        r["eval_stored"] = await evaluation_us(s3, busy)
         rounds.append(r)
 
     def median(ratio: Callable[[dict[str, float]], float]) -> tuple[dict[str, float], str]:
@@ -406,6 +435,17 @@ async def run(ctx: BenchContext) -> list[Row]:
                 f" rounds: {each})",
             )
         )
+    r, each = median(lambda x: x["eval_stored"] / x["eval_1k"])
+    rows.append(
+        Row(
+            "scoring",
+            "one evaluation, 1k vs 100k run's accounts stored",
+            r["eval_stored"],
+            "µs/account",
+            f"vs {r['eval_1k']:.1f} with 1k stored ({r['eval_stored'] / r['eval_1k']:.2f}×;"
+            f" rounds: {each}); a round of the same 1,000 accounts, rolled back",
+        )
+    )
     r = rounds[0]
     rows.append(
         Row(
