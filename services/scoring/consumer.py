@@ -217,8 +217,9 @@ class Pending:
         """Some pending account can be taken (is not in a round already)."""
         return len(self._accounts) > len(self._in_flight & self._accounts.keys())
 
-    def add(self, account: str, received: Counter[float] | None = None) -> None:
-        """``received``: how many of its events were received at each time (s)."""
+    def add(self, account: str, received: Iterable[float] | None = None) -> None:
+        """``received``: the receive time (s) of each of its events (a Counter: how
+        many were received at each time)."""
         held = self._accounts.get(account)
         if held is None:
             self._accounts[account] = Counter(received)
@@ -472,7 +473,7 @@ class BatchProcessor:
             else:
                 times.append(ev.received_at.timestamp())
         for account in sorted(touched):
-            self.pending.add(account, Counter(touched[account]))
+            self.pending.add(account, touched[account])
         if len(fresh) < len(unique):  # seen in an earlier batch (client resend)
             fresh_ids = {ev.id for ev, _ in fresh}
             dup_topics = Counter(t for i, (_, t) in unique.items() if i not in fresh_ids)
