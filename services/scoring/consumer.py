@@ -62,6 +62,11 @@ IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows u
 # cannot see (another process waiting for those ids while the batch before waits
 # for that process).
 PREVIOUS_BATCH_WAIT_SECONDS = 30.0
+# Events decoded between two yields to the event loop: decoding a batch takes tens
+# of ms of CPU, and meanwhile the batch being applied could not send its next
+# statement (Postgres idled until the decode was done; +5 % events/s in three A/B
+# pairs, 1k accounts).
+YIELD_EVERY = 500
 MIN_ROUND = 100  # accounts an evaluation round takes at least (when that many wait)
 
 
@@ -396,6 +401,9 @@ class BatchProcessor:
         for tp, messages in batches.items():
             for msg in messages:
                 size += 1
+                if not size % YIELD_EVERY:
+                    # let the batch being applied send its next statement meanwhile
+                    await asyncio.sleep(0)
                 try:
                     events.append((decode(msg.value), tp.topic))
                 except WireError as exc:

@@ -8,6 +8,7 @@ only after that transaction commits (see consumer.py / sweep.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -22,6 +23,7 @@ from services.scoring.score_model import ScoreModel, evaluate
 from shared.health import Band
 
 Trigger = Literal["events", "sweep", "rescore"]
+YIELD_EVERY = 100  # accounts evaluated between two yields to the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,11 @@ async def evaluate_accounts(
     rows: list[store.ScoreRow] = []
     snapshots: list[Snapshot] = []
     as_of_text, now_text = as_of.isoformat(), now.isoformat()  # the same for every account
-    for st in states:
+    for i, st in enumerate(states):
+        if i and not i % YIELD_EVERY:
+            # a round of 1,000 accounts is ~40 ms of CPU: let the consumer's batch
+            # send its next statement meanwhile
+            await asyncio.sleep(0)
         kpis = compute_kpis(st.windows)
         ev = evaluate(
             model,
