@@ -4,6 +4,7 @@ the accounts list (read from an index, not a sort of every account)."""
 
 from __future__ import annotations
 
+import random
 from datetime import date
 from typing import Any
 
@@ -68,3 +69,31 @@ async def test_the_default_accounts_page_is_read_in_order_from_an_index(
     for plan in plans:
         assert "ix_scoring_scores_worst_first" in plan, plan
         assert "Sort" not in plan, plan
+
+
+async def test_array_literals_carry_any_text_and_int_unchanged(env: dict[str, str]) -> None:
+    """The hot statements send their arrays as literals (store.text_array /
+    int_array): every id a client may send — quotes, backslashes, braces, commas,
+    spaces, the word NULL, empty-looking or non-ASCII text — arrives as itself."""
+    rnd = random.Random(7)
+    alphabet = 'ab,{}" \\\t\nNUL\x1f\u00e9\U0001f600'
+    cases: list[list[str]] = [
+        [],
+        ["", "NULL", "null", " ", '"', "\\", "{}", "a,b", '\\"', "é😀"],
+    ]
+    cases += [
+        ["".join(rnd.choice(alphabet) for _ in range(rnd.randrange(1, 12))) for _ in range(50)]
+        for _ in range(40)
+    ]
+    ints = [[], [0, 1, 4095, 4096, 2**31 - 1], [rnd.randrange(0, 10**6) for _ in range(500)]]
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg:
+            for values in cases:
+                got = await pg.fetchval("SELECT $1::text::text[]", store.text_array(values))
+                assert got == values
+            for numbers in ints:
+                got = await pg.fetchval("SELECT $1::text::bigint[]", store.int_array(numbers))
+                assert got == numbers
+    finally:
+        await pool.close()
