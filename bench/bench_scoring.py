@@ -117,16 +117,18 @@ async def _day_table(pg: Any, table: str) -> None:
 
 
 async def _upsert_days(pg: Any, table: str, agg: Counter[tuple[str, Any]]) -> None:
-    """The one batched upsert of the ceilings: unnest arrays, add the counts."""
+    """The one batched upsert of the ceilings: unnest arrays, add the counts. Text
+    and int arrays go as literals, as the scoring consumer sends them
+    (``store.text_array``), so the ceiling is not slowed by an encoding it avoids."""
     keys = list(agg)
     await pg.execute(
         f"""INSERT INTO {table} AS t SELECT * FROM
-            unnest($1::text[], $2::date[], $3::int[])
+            unnest($1::text::text[], $2::date[], $3::text::int[])
             ON CONFLICT (account_id, day) DO UPDATE
             SET events = t.events + EXCLUDED.events""",
-        [k[0] for k in keys],
+        store.text_array([k[0] for k in keys]),
         [k[1] for k in keys],
-        [agg[k] for k in keys],
+        store.int_array([agg[k] for k in keys]),
     )
 
 
