@@ -394,8 +394,9 @@ async def run(ctx: BenchContext) -> list[Row]:
         # 3b. the same database (every account of the 100k run stored), events over
         # 1k of them: isolates what storage costs per event from what evaluations cost.
         # Vacuumed first: otherwise the run also pays for autovacuum cleaning up after
-        # the 100k run just before it (~6 µs per event of PostgreSQL CPU here), a cost
-        # of the run order, not of the accounts stored.
+        # the 100k run just before it (PostgreSQL's CPU per event was 32–35 µs right
+        # after it, 23 µs 40 s later), a cost of the run order, not of the accounts
+        # stored.
         r["stored"] = await stored_accounts(s3)
         await vacuum(s3)
         await produce(s3, active)
