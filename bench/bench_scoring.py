@@ -404,8 +404,11 @@ async def run(ctx: BenchContext) -> list[Row]:
         if i == 0:
             r["poll_ms"] = await sweep_poll_ms(s3)
         # 3c. one evaluation round of the same 1k accounts (alike: ~100 events each)
-        # in the 1k database and in the one with every account of the 100k run
+        # in the 1k database and in the one with every account of the 100k run, both
+        # vacuumed (as 3b, for the run just before)
         busy = [f"a{k}" for k in range(1_000)]
+        await vacuum(s2)
+        await vacuum(s3)
         r["eval_1k"] = await evaluation_us(s2, busy)
         r["eval_stored"] = await evaluation_us(s3, busy)
         rounds.append(r)
