@@ -62,3 +62,23 @@ async def test_a_backlog_is_scored_once_for_many_batches_and_at_once_when_caught
     assert [(r["account_id"], r["kpis"]["dau"]) for r in rows] == [(a, 8) for a in ACCOUNTS]
     # 40 batches touched every account; after each one, that would be 200 evaluations
     assert evaluations <= 2 * len(ACCOUNTS), evaluations
+
+
+async def test_without_a_backlog_nothing_waits_for_the_interval(env: dict[str, str]) -> None:
+    """A trickle of events (the consumer never more than a batch behind) is scored
+    as it comes, however long the backlog interval: pacing only ever applies to
+    a consumer that is behind."""
+    env = env | {
+        "HEALTHSCORE_BATCH_MAX_EVENTS": str(BATCH),
+        "HEALTHSCORE_BACKLOG_EVALUATE_INTERVAL": "60",
+    }
+    async with running_stack(env, NOW) as stack:
+        stack.produced = await stack.consumed()  # what the test before left applied
+        accounts = [f"trickle{i}" for i in range(10)]
+        for account in accounts:
+            await stack.send([stack.event("login", account, NOW.date(), user_id="u1")])
+        await stack.wait_consumed(timeout=40)  # < the 60 s interval
+        scored = await stack.pool.fetchval(
+            "SELECT count(*) FROM scoring_scores WHERE account_id = ANY($1)", accounts
+        )
+    assert scored == len(accounts)
