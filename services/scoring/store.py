@@ -9,7 +9,7 @@ CONFLICT DO UPDATE``: one round trip per table per batch, whatever its size.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import Enum
@@ -592,9 +592,37 @@ class ScoreRow:
 
 
 _SCORE_COLUMNS = """a, d, e, s, b, c, m, g, k, ms, tr, sd, rv, es"""
-_SCORE_UNNEST = """unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
-    $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[], $11::text[],
-    $12::float8[], $13::bigint[], $14::bigint[]"""
+_SCORE_UNNEST = """unnest($1::text::text[], $2::date[], $3::timestamptz[], $4::float8[],
+    $5::text[], $6::float8[], $7::text::text[], $8::bool[], string_to_array($9::text, chr(30)),
+    string_to_array($10::text, chr(30)), $11::text::text[], $12::float8[],
+    $13::text::bigint[], $14::text::bigint[]"""
+
+
+def json_texts(values: Sequence[str]) -> str:
+    """JSON documents of ours (orjson's, which escapes every control character) as
+    one text, split in SQL with ``string_to_array($n::text, chr(30))``: a text[]
+    literal would escape every quote they hold."""
+    joined = "\x1e".join(values)
+    if joined.count("\x1e") != len(values) - 1:
+        raise ValueError("a JSON document holds a raw record separator (0x1e)")
+    return joined
+
+
+# columns of :func:`_score_columns` sent as literals (see text_array), by position
+_SCORE_LITERALS: dict[int, Callable[[Any], str]] = {
+    0: text_array,
+    6: text_array,
+    8: json_texts,
+    9: json_texts,
+    10: text_array,
+    12: int_array,
+    13: int_array,
+}
+
+
+def _literals(cols: list[list[Any]]) -> list[Any]:
+    """The score columns as the statements take them (:data:`_SCORE_LITERALS`)."""
+    return [_SCORE_LITERALS[i](c) if i in _SCORE_LITERALS else c for i, c in enumerate(cols)]
 
 
 def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
@@ -665,11 +693,11 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
                   score_delta_7d = x.sd, revision = x.rv,
                   evaluated_seq = CASE WHEN x.rv = t.revision
                     THEN GREATEST(t.evaluated_seq, x.es) ELSE x.es END
-                FROM {_SCORE_UNNEST}, $15::bigint[]) AS x({_SCORE_COLUMNS}, prv)
+                FROM {_SCORE_UNNEST}, $15::text::bigint[]) AS x({_SCORE_COLUMNS}, prv)
                 WHERE t.account_id = x.a AND t.revision = x.prv AND t.as_of <= x.d
                 RETURNING t.account_id""",
-            *_pick(cols, known),
-            [rows[i].prev_revision for i in known],
+            *_literals(_pick(cols, known)),
+            int_array([rows[i].prev_revision or 0 for i in known]),
         )
         written.update(r[0] for r in got)
     fresh = [i for i, r in enumerate(rows) if r.prev_revision is None]
@@ -681,7 +709,7 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
                 SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv, es
                 FROM {_SCORE_UNNEST}) AS x({_SCORE_COLUMNS})
                 ON CONFLICT (account_id) DO NOTHING RETURNING account_id""",
-            *_pick(cols, fresh),
+            *_literals(_pick(cols, fresh)),
         )
         written.update(r[0] for r in got)
     return written
@@ -714,11 +742,12 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
     await pg.execute(
         f"""INSERT INTO scoring_history AS t (account_id, day, {_HISTORY_COLUMNS})
            SELECT a, d, e, s, b, c, m, g, k::json, ms::json
-           FROM unnest($1::text[], $2::date[], $3::timestamptz[], $4::float8[], $5::text[],
-                       $6::float8[], $7::text[], $8::bool[], $9::text[], $10::text[])
+           FROM unnest($1::text::text[], $2::date[], $3::timestamptz[], $4::float8[],
+                       $5::text[], $6::float8[], $7::text::text[], $8::bool[],
+                       string_to_array($9::text, chr(30)), string_to_array($10::text, chr(30)))
                 AS x(a, d, e, s, b, c, m, g, k, ms)
            {_HISTORY_UPSERT}""",
-        *cols[:10],
+        *_literals(cols)[:10],
     )
     return {r.account_id for r in rows}
 

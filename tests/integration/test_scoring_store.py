@@ -8,6 +8,8 @@ import random
 from datetime import date
 from typing import Any
 
+import orjson
+
 from services.scoring import read_model, store
 from tests.integration.scoring_support import settings_from
 
@@ -72,9 +74,10 @@ async def test_the_default_accounts_page_is_read_in_order_from_an_index(
 
 
 async def test_array_literals_carry_any_text_and_int_unchanged(env: dict[str, str]) -> None:
-    """The hot statements send their arrays as literals (store.text_array /
-    int_array): every id a client may send — quotes, backslashes, braces, commas,
-    spaces, the word NULL, empty-looking or non-ASCII text — arrives as itself."""
+    """The hot statements send their arrays as literals (store.text_array,
+    int_array, and json_texts for the stored KPIs and explanations): every id a
+    client may send — quotes, backslashes, braces, commas, spaces, the word NULL,
+    empty-looking or non-ASCII text — and every JSON document arrives as itself."""
     rnd = random.Random(7)
     alphabet = 'ab,{}" \\\t\nNUL\x1f\u00e9\U0001f600'
     cases: list[list[str]] = [
@@ -95,5 +98,10 @@ async def test_array_literals_carry_any_text_and_int_unchanged(env: dict[str, st
             for numbers in ints:
                 got = await pg.fetchval("SELECT $1::text::bigint[]", store.int_array(numbers))
                 assert got == numbers
+            docs = [orjson.dumps(v).decode() for v in cases[1] + ["\x1e\x00\n", {"k": '"'}]]
+            got = await pg.fetchval(
+                "SELECT string_to_array($1::text, chr(30))", store.json_texts(docs)
+            )
+            assert [orjson.loads(d) for d in got] == [orjson.loads(d) for d in docs]
     finally:
         await pool.close()
