@@ -220,7 +220,12 @@ class Pending:
 
     def ready(self) -> bool:
         """Some pending account can be taken (is not in a round already)."""
-        return len(self._accounts) > len(self._in_flight & self._accounts.keys())
+        return self._oldest_free() is not None
+
+    def _oldest_free(self) -> str | None:
+        """The longest-waiting account that no round holds."""
+        busy = self._in_flight
+        return next((a for a in self._accounts if a not in busy), None)
 
     def add(self, account: str, received: Iterable[float] | None = None) -> None:
         """``received``: the receive time (s) of each of its events (a Counter: how
@@ -262,11 +267,8 @@ class Pending:
     def waited(self, now: float) -> float | None:
         """How long (s) the longest-waiting account that no round holds has been on
         the list (``now``: :func:`time.monotonic`); None when there is none."""
-        busy = self._in_flight
-        for account in self._accounts:
-            if account not in busy:
-                return now - self._since[account]
-        return None
+        account = self._oldest_free()
+        return None if account is None else now - self._since[account]
 
     def release(self, accounts: Iterable[str]) -> None:
         """The round that took ``accounts`` is over: they can be taken again."""

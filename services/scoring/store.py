@@ -228,10 +228,12 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         # Only the counters some row of the batch adds to (most event types touch
         # one or two): a column of zeros would cost its encoding and its update.
         used = [(c, col) for c, col in zip(DAY_COUNTERS, columns, strict=True) if any(col)]
-        unnest_cols = "".join(
-            f", ${i + 6}::float8[]" if c in DAY_FLOATS else f", ${i + 6}::text::int[]"
-            for i, (c, _) in enumerate(used)
-        )
+        # floats keep the binary encoding, counts go as literals (see text_array)
+        sent = [
+            (c, "float8[]", col) if c in DAY_FLOATS else (c, "text::int[]", int_array(col))
+            for c, col in used
+        ]
+        unnest_cols = "".join(f", ${i + 6}::{cast}" for i, (_, cast, _) in enumerate(sent))
         counters = "".join(f", {c}" for c, _ in used)
         adds = "".join(f", {c} = t.{c} + EXCLUDED.{c}" for c, _ in used)
         await pg.execute(
@@ -253,7 +255,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
             text_array([r[2] for r in ud]),
             text_array([k[0] for k in keys]),
             [k[1] for k in keys],
-            *(col if c in DAY_FLOATS else int_array(col) for c, col in used),
+            *(value for _, _, value in sent),
         )
 
     if d.feature_days:
@@ -591,13 +593,6 @@ class ScoreRow:
     evaluated_seq: int  # the account's applied_seq the evaluation read
 
 
-_SCORE_COLUMNS = """a, d, e, s, b, c, m, g, k, ms, tr, sd, rv, es"""
-_SCORE_UNNEST = """unnest($1::text::text[], $2::date[], $3::timestamptz[], $4::float8[],
-    $5::text[], $6::float8[], $7::text::text[], $8::bool[], string_to_array($9::text, chr(30)),
-    string_to_array($10::text, chr(30)), $11::text::text[], $12::float8[],
-    $13::text::bigint[], $14::text::bigint[]"""
-
-
 def json_texts(values: Sequence[str]) -> str:
     """JSON documents of ours (orjson's, which escapes every control character) as
     one text, split in SQL with ``string_to_array($n::text, chr(30))``: a text[]
@@ -608,21 +603,46 @@ def json_texts(values: Sequence[str]) -> str:
     return joined
 
 
-# columns of :func:`_score_columns` sent as literals (see text_array), by position
-_SCORE_LITERALS: dict[int, Callable[[Any], str]] = {
-    0: text_array,
-    6: text_array,
-    8: json_texts,
-    9: json_texts,
-    10: text_array,
-    12: int_array,
-    13: int_array,
-}
+_JSON_TEXTS = "string_to_array({}::text, chr(30))"
+# The score statements' parameters, in :func:`_score_columns` order: column alias,
+# the SQL taking parameter ``{}``, and how its column is sent (None: asyncpg's own
+# encoding, for dates, timestamps, floats, bools and the nullable band).
+_SCORE_PARAMS: tuple[tuple[str, str, Callable[[Any], str] | None], ...] = (
+    ("a", "{}::text::text[]", text_array),
+    ("d", "{}::date[]", None),
+    ("e", "{}::timestamptz[]", None),
+    ("s", "{}::float8[]", None),
+    ("b", "{}::text[]", None),
+    ("c", "{}::float8[]", None),
+    ("m", "{}::text::text[]", text_array),
+    ("g", "{}::bool[]", None),
+    ("k", _JSON_TEXTS, json_texts),
+    ("ms", _JSON_TEXTS, json_texts),
+    ("tr", "{}::text::text[]", text_array),
+    ("sd", "{}::float8[]", None),
+    ("rv", "{}::text::bigint[]", int_array),
+    ("es", "{}::text::bigint[]", int_array),
+)
+
+
+def _score_unnest(n: int) -> tuple[str, str]:
+    """``unnest(`` of the first ``n`` score parameters (left open: a statement may
+    add its own) and their aliases."""
+    params = _SCORE_PARAMS[:n]
+    exprs = ", ".join(sql.format(f"${i + 1}") for i, (_, sql, _) in enumerate(params))
+    return f"unnest({exprs}", ", ".join(alias for alias, _, _ in params)
+
+
+_SCORE_UNNEST, _SCORE_COLUMNS = _score_unnest(len(_SCORE_PARAMS))
+_HISTORY_UNNEST, _HISTORY_ALIASES = _score_unnest(10)  # up to the explanation
 
 
 def _literals(cols: list[list[Any]]) -> list[Any]:
-    """The score columns as the statements take them (:data:`_SCORE_LITERALS`)."""
-    return [_SCORE_LITERALS[i](c) if i in _SCORE_LITERALS else c for i, c in enumerate(cols)]
+    """The score columns as the statements take them (see :data:`_SCORE_PARAMS`)."""
+    return [
+        col if send is None else send(col)
+        for (_, _, send), col in zip(_SCORE_PARAMS[: len(cols)], cols, strict=True)
+    ]
 
 
 def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
@@ -742,12 +762,9 @@ async def save_scores(pg: Pg, rows: Sequence[ScoreRow], *, current: bool = True)
     await pg.execute(
         f"""INSERT INTO scoring_history AS t (account_id, day, {_HISTORY_COLUMNS})
            SELECT a, d, e, s, b, c, m, g, k::json, ms::json
-           FROM unnest($1::text::text[], $2::date[], $3::timestamptz[], $4::float8[],
-                       $5::text[], $6::float8[], $7::text::text[], $8::bool[],
-                       string_to_array($9::text, chr(30)), string_to_array($10::text, chr(30)))
-                AS x(a, d, e, s, b, c, m, g, k, ms)
+           FROM {_HISTORY_UNNEST}) AS x({_HISTORY_ALIASES})
            {_HISTORY_UPSERT}""",
-        *_literals(cols)[:10],
+        *_literals(cols[:10]),
     )
     return {r.account_id for r in rows}
 
