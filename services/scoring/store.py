@@ -392,19 +392,23 @@ d AS (
   FROM scoring_account_days
   WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 89 AND $2::date
   GROUP BY account_id),
-f AS (
-  SELECT account_id, count(DISTINCT feature) AS features_used_30d,
-    count(DISTINCT feature) FILTER (WHERE feature = ANY($3::text[])) AS key_features_used_30d
-  FROM scoring_feature_days
+ff AS (  -- one row per feature used (as uu: no DISTINCT sorting each account's rows)
+  SELECT account_id, feature FROM scoring_feature_days
   WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 29 AND $2::date
-  GROUP BY account_id),
+  GROUP BY account_id, feature),
+f AS (
+  SELECT account_id, count(*) AS features_used_30d,
+    count(*) FILTER (WHERE feature = ANY($3::text[])) AS key_features_used_30d
+  FROM ff GROUP BY account_id),
+ss AS (  -- one row per contact heard from, joined to its contact once (not per day)
+  SELECT account_id, contact_id FROM scoring_contact_days
+  WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 29 AND $2::date AND inbound > 0
+  GROUP BY account_id, contact_id),
 s AS (
-  SELECT cd.account_id, count(DISTINCT cd.contact_id) AS inbound_contacts_30d
-  FROM scoring_contact_days cd
-  JOIN scoring_contacts c ON c.account_id = cd.account_id AND c.contact_id = cd.contact_id
-  WHERE cd.account_id = ANY($1::text[]) AND cd.day BETWEEN $2::date - 29 AND $2::date
-    AND cd.inbound > 0 AND NOT c.left_company
-  GROUP BY cd.account_id),
+  SELECT ss.account_id, count(*) AS inbound_contacts_30d
+  FROM ss JOIN scoring_contacts c ON c.account_id = ss.account_id AND c.contact_id = ss.contact_id
+  WHERE NOT c.left_company
+  GROUP BY ss.account_id),
 ch AS (
   SELECT c.account_id,
     array_agg(COALESCE(
