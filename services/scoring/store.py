@@ -483,10 +483,15 @@ def _i(v: Any) -> int:
 #   that runs in tens of milliseconds;
 # - random_page_cost 1.1 (the windows are hot in cache): the per-account tables are
 #   read by key instead of scanned whole — a scan pays for every account stored
-#   (1,000 of 63,000 accounts: 44 ms instead of 60 ms, analysed tables).
+#   (1,000 of 63,000 accounts: 44 ms instead of 60 ms, analysed tables);
+# - the joins in the order written (every window joins the account list): the
+#   planner's search over the orders of nine relations took ~3 of the ~6–7 ms
+#   spent planning each round, whatever its size, and a steady load makes rounds
+#   of tens of accounts, tens of times a second.
 _READ_SETTINGS = (
     "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;"
-    " SET LOCAL random_page_cost = 1.1"
+    " SET LOCAL random_page_cost = 1.1;"
+    " SET LOCAL join_collapse_limit = 1; SET LOCAL from_collapse_limit = 1"
 )
 
 
