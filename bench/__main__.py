@@ -52,6 +52,8 @@ async def run_all(names: list[str], ctx: BenchContext) -> list[Row]:
             got = await module.run(ctx)
         except Exception as exc:  # one broken benchmark must not hide the others
             got = [Row(name, "error", float("nan"), "", repr(exc)[:120])]
+        finally:
+            ctx.stop_services()
         rows.extend(got)
         for r in got:
             print(f"   {r.metric:<48} {r.value:>14,.2f} {r.unit:<10} {r.note}", flush=True)

@@ -44,9 +44,16 @@ class BenchContext:
         self._procs.append(proc)
         return proc
 
-    async def close(self) -> None:
+    def stop_services(self) -> None:
+        """Stop the service processes started so far: one benchmark's services must
+        not run on into the next (on the broker it replaced, they retry connecting
+        and took CPU from the benchmarks after them)."""
         for p in self._procs:
             p.stop()
+        self._procs.clear()
+
+    async def close(self) -> None:
+        self.stop_services()
         for url in self._dbs:
             await drop_database(self.infra, url)
 
