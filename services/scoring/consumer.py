@@ -264,6 +264,20 @@ class Pending:
         share = max(MIN_ROUND, -(-busy // settings.evaluators))
         return min(settings.evaluate_batch, share)
 
+    def free_at_least(self, n: int) -> bool:
+        """At least ``n`` accounts wait that no round holds."""
+        busy, free = self._in_flight, 0
+        for account in self._accounts:
+            if account not in busy:
+                free += 1
+                if free >= n:
+                    return True
+        return False
+
+    def in_flight(self) -> bool:
+        """Some round holds accounts (it has not finished and published yet)."""
+        return bool(self._in_flight)
+
     def waited(self, now: float) -> float | None:
         """How long (s) the longest-waiting account that no round holds has been on
         the list (``now``: :func:`time.monotonic`); None when there is none."""
@@ -370,11 +384,21 @@ class BatchProcessor:
         them, not after each batch, and the batches get the CPU (an evaluation
         reads the account's whole windows; at 1,000 accounts it was a third of the
         CPU per event). Without a backlog (caught up, a steady stream, or more than
-        ``pending_max_accounts`` waiting, when the consumer stops fetching), at once."""
+        ``pending_max_accounts`` waiting, when the consumer stops fetching), at once —
+        but while another round is running, a second one starts only for at least
+        :data:`MIN_ROUND` accounts (None until then; the running round's end wakes
+        the evaluators). At a steady rate a few dozen accounts are touched per batch:
+        rounds side by side then split them into small rounds, each paying the
+        window read's planning (~6 ms) and its round trips, where one round at a
+        time takes what came meanwhile (PostgreSQL's CPU per event at 2,000
+        events/s: 212 → 195 and 216 → 192 µs in two A/B pairs)."""
         waited = self.pending.waited(now)
         if waited is None:
             return None
-        if not self.backlog or len(self.pending) > self.settings.pending_max_accounts:
+        pending = self.pending
+        if pending.in_flight() and not pending.free_at_least(MIN_ROUND):
+            return None
+        if not self.backlog or len(pending) > self.settings.pending_max_accounts:
             return 0.0
         return max(0.0, self.settings.backlog_evaluate_interval - waited)
 
@@ -555,10 +579,13 @@ async def run_evaluator(processor: BatchProcessor, done: asyncio.Event) -> None:
     pending = processor.pending
     while True:
         PENDING_ACCOUNTS.set(len(pending))
-        # nothing, only accounts another round holds, or a backlog to let pass first
+        # nothing, only accounts another round holds, too few for a second round,
+        # or a backlog to let pass first
         wait = processor.evaluation_wait(time.monotonic())
         if wait is None or wait > 0:
-            if processor.published:  # idle: record what was published meanwhile
+            if processor.published and not pending.in_flight():
+                # idle: record what was published meanwhile (a round running now
+                # records it in the next round's transaction, or this, once idle)
                 await processor.flush_published()
             if done.is_set() and not pending:
                 return

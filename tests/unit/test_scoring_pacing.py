@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from services.scoring.consumer import Applying, BatchProcessor
+from services.scoring.consumer import MIN_ROUND, Applying, BatchProcessor
 from services.scoring.settings import ScoringSettings
 
 
@@ -127,3 +127,40 @@ def test_a_round_takes_an_equal_share_per_evaluator() -> None:
     for i in range(30):
         small.pending.add(f"c{i}")
     assert len(small.pending.take(small.pending.share(small.settings))) == 30  # one round
+
+
+def test_a_second_round_waits_for_enough_accounts_while_one_runs() -> None:
+    """At a steady rate a few dozen accounts come per batch: one round at a time
+    takes what came meanwhile, instead of rounds side by side splitting them into
+    small rounds that each pay the window read's fixed costs."""
+    p = _processor(evaluators=2)
+    for i in range(30):
+        p.pending.add(f"a{i}")
+    now = time.monotonic()
+    assert p.evaluation_wait(now) == 0.0  # nothing running: at once
+    running = p.pending.take(p.pending.share(p.settings))
+    assert len(running) == 30
+    for i in range(30, 60):
+        p.pending.add(f"a{i}")
+    assert p.evaluation_wait(now) is None  # 30 wait: not worth a second round yet
+    for i in range(60, 30 + MIN_ROUND):
+        p.pending.add(f"a{i}")
+    assert p.evaluation_wait(now) == 0.0  # MIN_ROUND wait: a second round now
+    p.pending.changed.clear()
+    p.pending.release(running)  # the first round's end wakes the evaluators
+    assert p.pending.changed.is_set()
+    assert p.evaluation_wait(now) == 0.0
+
+
+def test_an_account_the_running_round_holds_does_not_count_toward_a_second() -> None:
+    p = _processor(evaluators=2)
+    for i in range(MIN_ROUND):
+        p.pending.add(f"a{i}")
+    running = p.pending.take(MIN_ROUND)
+    for account in running:  # each took events again while being evaluated
+        p.pending.add(account)
+    p.pending.add("new")
+    assert len(p.pending) == MIN_ROUND + 1
+    assert p.evaluation_wait(time.monotonic()) is None  # one free account only
+    p.pending.release(running)
+    assert p.evaluation_wait(time.monotonic()) == 0.0
