@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -15,18 +16,49 @@ import orjson
 
 from services.scoring.store import unpack_measures
 
-# sort → (key expression, direction); nulls sort last in either direction. The
-# default ("score", worst first) is read from the index ix_scoring_scores_worst_first
-# on exactly this expression and account_id (migration scoring_0005): keep the two
-# identical, or every page sorts every account again.
-SORTS: dict[str, tuple[str, str]] = {
-    "score": ("COALESCE(s.score, 1e9)", "ASC"),
-    "-score": ("COALESCE(s.score, -1e9)", "DESC"),
-    "delta": ("COALESCE(s.score_delta_7d, 1e9)", "ASC"),
-    "-delta": ("COALESCE(s.score_delta_7d, -1e9)", "DESC"),
-    "name": ("COALESCE(a.name, a.account_id)", "ASC"),
-    "-name": ("COALESCE(a.name, a.account_id)", "DESC"),
+# Every order of the accounts list is read from an index, never by sorting every
+# account: a page costs the same with 10 or 1,000,000 accounts. Each index is
+# ascending on ``COALESCE(column, 1e9)`` (or name) then ``account_id``, and the
+# expressions below must stay identical to the indexes' (migrations scoring_0005
+# and scoring_0006), or every page sorts every account again:
+#   ix_scoring_scores_worst_first   score, -score
+#   ix_scoring_scores_delta         delta, -delta
+#   ix_scoring_accounts_name        name, -name
+# Unscored accounts (null score or delta) come last in either direction: ascending,
+# their 1e9 is the index's end; descending, the valued rows are read backwards and
+# the null ones after them (see _descending_nulls_last).
+
+
+@dataclass(frozen=True, slots=True)
+class _Sort:
+    indexed: str  # the index's expression, ascending
+    nullable: str | None  # the column whose nulls the sentinel 1e9 stands for
+    descending: bool
+    table: str = "s"  # the indexed table's alias: its account_id is the tie-break
+
+    @property
+    def tie_break(self) -> str:
+        """The index's second column: a cursor's (key, account_id) is then one
+        range of the index, not a filter over every entry before it."""
+        return f"{self.table}.account_id"
+
+    @property
+    def key(self) -> str:
+        """The sort key a cursor carries: nulls as ±1e9, so they compare last."""
+        if self.nullable is None:
+            return self.indexed
+        return f"COALESCE({self.nullable}, {'-1e9' if self.descending else '1e9'})"
+
+
+SORTS: dict[str, _Sort] = {
+    "score": _Sort("COALESCE(s.score, 1e9)", "s.score", descending=False),
+    "-score": _Sort("COALESCE(s.score, 1e9)", "s.score", descending=True),
+    "delta": _Sort("COALESCE(s.score_delta_7d, 1e9)", "s.score_delta_7d", descending=False),
+    "-delta": _Sort("COALESCE(s.score_delta_7d, 1e9)", "s.score_delta_7d", descending=True),
+    "name": _Sort("COALESCE(a.name, a.account_id)", None, descending=False, table="a"),
+    "-name": _Sort("COALESCE(a.name, a.account_id)", None, descending=True, table="a"),
 }
+_NULL_KEY = 1e9  # no score (0–100) or 7-day delta (−100–100) comes near it
 
 
 class NotFound(LookupError):
@@ -53,7 +85,7 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
         raise BadQuery("cursor", "not a cursor from this API") from None
     if s != sort or not isinstance(account_id, str):
         raise BadQuery("cursor", "cursor belongs to another sort order")
-    if sort in ("name", "-name"):
+    if SORTS[sort].nullable is None:  # a name
         if not isinstance(key, str):
             raise BadQuery("cursor", "bad cursor")
     elif not isinstance(key, int | float):
@@ -72,9 +104,9 @@ async def accounts_page(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Accounts with score, band, 7-day delta and last activity; keyset-paginated."""
-    expr, direction = SORTS[sort]
-    where = ["TRUE"]
-    args: list[Any] = []
+    order = SORTS[sort]
+    args: list[Any] = [limit + 1]  # $1 in every part
+    where: list[str] = []
     if band:
         args.append(band)
         where.append(f"s.band = ${len(args)}")
@@ -84,23 +116,12 @@ async def accounts_page(
     if csm:
         args.append(csm)
         where.append(f"a.csm = ${len(args)}")
-    if cursor:
-        key, after = _decode_cursor(cursor, sort)
-        cast = "text" if sort in ("name", "-name") else "float8"
-        args += [key, after]
-        op = ">" if direction == "ASC" else "<"
-        where.append(f"({expr}, a.account_id) {op} (${len(args) - 1}::{cast}, ${len(args)})")
-    args.append(limit + 1)
-    rows = await pool.fetch(
-        f"""SELECT a.account_id, a.name, a.lifecycle_stage, a.csm, s.score, s.band,
-                   s.score_delta_7d, s.as_of, s.kpis->'days_since_last_activity' AS idle,
-                   {expr} AS sort_key
-            FROM scoring_scores s JOIN scoring_accounts a ON a.account_id = s.account_id
-            WHERE {" AND ".join(where)}
-            ORDER BY {expr} {direction}, a.account_id {direction}
-            LIMIT ${len(args)}""",
-        *args,
-    )
+    after = _decode_cursor(cursor, sort) if cursor else None
+    if order.nullable is not None and order.descending:
+        sql = _descending_nulls_last(order, where, args, after)
+    else:
+        sql = _index_read(order, where, args, after)
+    rows = await pool.fetch(sql, *args)
     page = rows[:limit]
     items = []
     for r in page:
@@ -127,6 +148,58 @@ async def accounts_page(
         else None
     )
     return {"accounts": items, "next_cursor": next_cursor}
+
+
+_COLUMNS = """a.account_id, a.name, a.lifecycle_stage, a.csm, s.score, s.band,
+                   s.score_delta_7d, s.as_of, s.kpis->'days_since_last_activity' AS idle"""
+
+
+def _index_read(
+    order: _Sort,
+    where: list[str],
+    args: list[Any],
+    after: tuple[Any, str] | None,
+    *,
+    descending: bool | None = None,
+    only: str | None = None,
+) -> str:
+    """A page read in the order of ``order``'s index (backwards when descending)
+    from the cursor position ``after`` on, rows restricted by ``only`` if given.
+    Appends the cursor's values to ``args``."""
+    descending = order.descending if descending is None else descending
+    cond = [*where, only] if only else list(where)
+    if after is not None:
+        key, account_id = after
+        cast = "text" if order.nullable is None else "float8"
+        args += [key, account_id]
+        op = "<" if descending else ">"
+        cond.append(
+            f"({order.indexed}, {order.tie_break}) {op} (${len(args) - 1}::{cast}, ${len(args)})"
+        )
+    direction = "DESC" if descending else "ASC"
+    return f"""SELECT {_COLUMNS}, {order.key} AS sort_key
+            FROM scoring_scores s JOIN scoring_accounts a ON a.account_id = s.account_id
+            WHERE {" AND ".join(cond) or "TRUE"}
+            ORDER BY {order.indexed} {direction}, {order.tie_break} {direction}
+            LIMIT $1"""
+
+
+def _descending_nulls_last(
+    order: _Sort, where: list[str], args: list[Any], after: tuple[Any, str] | None
+) -> str:
+    """A descending order with nulls last, from the ascending index: the valued rows
+    read backwards, then the null ones (cursor key -1e9) also backwards, each part
+    at most a page; the sort above them orders at most two pages."""
+    in_nulls = after is not None and after[0] == -_NULL_KEY
+    parts = []
+    if not in_nulls:
+        parts.append(_index_read(order, where, args, after, only=f"{order.indexed} < {_NULL_KEY}"))
+    null_after = (_NULL_KEY, after[1]) if after is not None and in_nulls else None
+    parts.append(_index_read(order, where, args, null_after, only=f"{order.indexed} = {_NULL_KEY}"))
+    if len(parts) == 1:  # the page starts among the nulls
+        return parts[0]
+    union = " UNION ALL ".join(f"({p})" for p in parts)
+    return f"SELECT * FROM ({union}) page ORDER BY sort_key DESC, account_id DESC LIMIT $1"
 
 
 async def _require_account(pool: Any, account_id: str) -> None:

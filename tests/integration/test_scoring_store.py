@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 import orjson
+import pytest
 
 from services.scoring import read_model, store
 from tests.integration.scoring_support import settings_from
@@ -41,13 +42,26 @@ async def test_the_window_read_is_never_jit_compiled(env: dict[str, str]) -> Non
     assert after == "auto"
 
 
-async def test_the_default_accounts_page_is_read_in_order_from_an_index(
-    env: dict[str, str],
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in _nodes(child))]
+
+
+def _shape(plan: dict[str, Any]) -> str:
+    """The plan's nodes, nested: what a failed assertion shows."""
+    inner = ", ".join(_shape(c) for c in plan.get("Plans", []))
+    name = plan["Node Type"] + (f" {plan['Index Name']}" if "Index Name" in plan else "")
+    return f"{name}({inner})" if inner else name
+
+
+@pytest.mark.parametrize("sort", list(read_model.SORTS))
+async def test_every_accounts_page_is_read_in_order_from_an_index(
+    env: dict[str, str], sort: str
 ) -> None:
-    """Worst first (the dashboard's and the API's default) pages by reading the
-    ``ix_scoring_scores_worst_first`` index, not by sorting every account: with
-    scans made prohibitively expensive, the planner still finds a plan without a
-    Sort node only if the index matches the sort expression of ``read_model``."""
+    """Every order of the list (first page, a later page, filtered) pages by reading
+    an index, not by sorting every account: with scans made prohibitively expensive,
+    the planner finds such a plan only if the index matches ``read_model``'s sort
+    expression. The one sort allowed is the descending orders' top-N over their two
+    parts, each already limited to a page."""
     queries: list[tuple[str, tuple[Any, ...]]] = []
 
     class Recorder:  # the read model's only use of its pool here: one fetch
@@ -55,22 +69,107 @@ async def test_the_default_accounts_page_is_read_in_order_from_an_index(
             queries.append((sql, args))
             return []
 
-    cursor = read_model._encode_cursor("score", 42.5, "acme")
-    for kwargs in ({}, {"cursor": cursor}, {"band": "red", "cursor": cursor}):
-        await read_model.accounts_page(Recorder(), **kwargs)
+    keys: list[Any] = ["acme"] if sort in ("name", "-name") else [42.5, 1e9, -1e9]
+    cursors = [read_model._encode_cursor(sort, k, "acme") for k in keys]
+    for kwargs in (
+        {},
+        *({"cursor": c} for c in cursors),
+        {"band": "red", "csm": "ana", "cursor": cursors[0]},
+    ):
+        await read_model.accounts_page(Recorder(), sort=sort, **kwargs)
+    index = {"score": "worst_first", "delta": "delta", "name": "name"}[sort.lstrip("-")]
     pool = await store.create_pool(settings_from(env).database_url, size=1)
     try:
         async with pool.acquire() as pg, pg.transaction():
             await pg.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
-            plans = [
-                "\n".join(r[0] for r in await pg.fetch("EXPLAIN " + sql, *args))
-                for sql, args in queries
+            explained = [
+                await pg.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args) for sql, args in queries
             ]
     finally:
         await pool.close()
-    for plan in plans:
-        assert "ix_scoring_scores_worst_first" in plan, plan
-        assert "Sort" not in plan, plan
+    for doc, (_, args) in zip(explained, queries, strict=True):  # decoded by the json codec
+        plan = (orjson.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
+        nodes = _nodes(plan)
+        shape = _shape(plan)
+        scans = [n for n in nodes if index in n.get("Index Name", "")]
+        assert scans, shape
+        if "acme" in args:  # from a cursor: where the page starts is found in the index
+            assert any("account_id" in n.get("Index Cond", "") for n in scans), scans
+        assert not any(n["Node Type"] == "Seq Scan" for n in nodes), shape
+        for n in nodes:
+            if n["Node Type"] == "Sort":  # only above the page-limited parts
+                below = _nodes(n)[1:]
+                assert any(b["Node Type"] == "Append" for b in below), shape
+                append = next(b for b in below if b["Node Type"] == "Append")
+                limited = ("Limit(", "Subquery Scan(Limit(")
+                assert all(_shape(p).startswith(limited) for p in append["Plans"]), shape
+
+
+async def test_every_order_pages_through_every_account_once_nulls_last(
+    env: dict[str, str],
+) -> None:
+    """Paging 3 at a time through accounts with ties, unscored accounts and no
+    names gives, in every order and with a filter, exactly the order a user expects:
+    by the key, then account id, nulls last either way."""
+    rnd = random.Random(11)
+    rows = []
+    for i in range(40):
+        score = None if i % 7 == 0 else float(rnd.choice([10, 35.5, 50, 72.25, 90]))
+        delta = None if i % 5 == 0 else float(rnd.choice([-12.5, 0, 3, 8]))
+        band = None if score is None else ("red" if score < 40 else "green")
+        name = None if i % 6 == 0 else rnd.choice(["Acme", "Globex", "Initech"])
+        rows.append((f"acct{i:02d}", name, score, delta, band))
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg:
+            tr = pg.transaction()
+            await tr.start()
+            try:
+                await pg.executemany(
+                    """INSERT INTO scoring_accounts (account_id, name, first_event_day,
+                           last_event_day) VALUES ($1, $2, '2026-01-01', '2026-01-01')""",
+                    [(a, n) for a, n, *_ in rows],
+                )
+                await pg.executemany(
+                    """INSERT INTO scoring_scores (account_id, as_of, evaluated_at, trigger,
+                           score, band, score_delta_7d, coverage, model_version,
+                           in_grace_period, kpis, measures, revision)
+                       VALUES ($1, '2026-01-01', now(), 'events', $2, $3, $4, 1, 'v1',
+                           false, '{}', '[]', 1)""",
+                    [(a, sc, b, d) for a, _, sc, d, b in rows],
+                )
+
+                def expected(sort: str, band: str | None) -> list[str]:
+                    """By the key then account id, in the sort's direction; nulls last."""
+                    desc, field = sort.startswith("-"), sort.lstrip("-")
+                    chosen = [r for r in rows if band is None or r[4] == band]
+                    if field == "name":
+                        keyed = [((r[1] or r[0]), r[0]) for r in chosen]
+                        return [a for _, a in sorted(keyed, reverse=desc)]
+                    v = {"score": 2, "delta": 3}[field]
+                    valued = sorted(
+                        ((r[v], r[0]) for r in chosen if r[v] is not None), reverse=desc
+                    )
+                    nulls = sorted((r[0] for r in chosen if r[v] is None), reverse=desc)
+                    return [a for _, a in valued] + nulls
+
+                for sort in read_model.SORTS:
+                    for band in (None, "green"):
+                        seen: list[str] = []
+                        cursor = None
+                        while True:
+                            page = await read_model.accounts_page(
+                                pg, sort=sort, band=band, limit=3, cursor=cursor
+                            )
+                            seen += [a["account_id"] for a in page["accounts"]]
+                            cursor = page["next_cursor"]
+                            if cursor is None:
+                                break
+                        assert seen == expected(sort, band), (sort, band)
+            finally:
+                await tr.rollback()
+    finally:
+        await pool.close()
 
 
 async def test_array_literals_carry_any_text_and_int_unchanged(env: dict[str, str]) -> None:
