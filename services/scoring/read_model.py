@@ -393,16 +393,22 @@ async def score_series(
     return out
 
 
+# The distinct values of an indexed column of scoring_accounts, one index probe each
+# (a "loose index scan"): the filter menus cost the same with 100 or 1,000,000
+# accounts, where SELECT DISTINCT read every account (40 ms a page with 63k).
+_DISTINCT = """WITH RECURSIVE v AS (
+    (SELECT {col} AS value FROM scoring_accounts WHERE {col} IS NOT NULL ORDER BY {col} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT {col} FROM scoring_accounts WHERE {col} > v.value ORDER BY {col} LIMIT 1)
+    FROM v WHERE v.value IS NOT NULL)
+SELECT value FROM v WHERE value IS NOT NULL LIMIT {limit}"""
+
+
 async def choices(pool: Any) -> dict[str, list[str]]:
-    """The CSMs and lifecycle stages present, for filter menus."""
-    csms = await pool.fetch(
-        "SELECT DISTINCT csm FROM scoring_accounts WHERE csm IS NOT NULL ORDER BY csm LIMIT 500"
-    )
-    stages = await pool.fetch(
-        "SELECT DISTINCT lifecycle_stage FROM scoring_accounts"
-        " WHERE lifecycle_stage IS NOT NULL ORDER BY lifecycle_stage"
-    )
-    return {"csms": [r["csm"] for r in csms], "stages": [r["lifecycle_stage"] for r in stages]}
+    """The CSMs (the first 500) and lifecycle stages present, for filter menus."""
+    csms = await pool.fetch(_DISTINCT.format(col="csm", limit=500))
+    stages = await pool.fetch(_DISTINCT.format(col="lifecycle_stage", limit=100))
+    return {"csms": [r["value"] for r in csms], "stages": [r["value"] for r in stages]}
 
 
 def _iso(d: date | None) -> str | None:

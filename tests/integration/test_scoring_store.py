@@ -204,3 +204,44 @@ async def test_array_literals_carry_any_text_and_int_unchanged(env: dict[str, st
             assert [orjson.loads(d) for d in got] == [orjson.loads(d) for d in docs]
     finally:
         await pool.close()
+
+
+async def test_filter_menus_list_each_csm_and_stage_once_from_the_indexes(
+    env: dict[str, str],
+) -> None:
+    """The dashboard's filter menus: every CSM (the first 500 in order) and every
+    lifecycle stage once, none for accounts without one; read by index probes,
+    never by reading every account."""
+    csms = [None, *(f"csm-{i:03d}" for i in range(600))]
+    stages = [None, "onboarding", "active", "renewal"]
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg:
+            tr = pg.transaction()
+            await tr.start()
+            try:
+                await pg.executemany(
+                    """INSERT INTO scoring_accounts (account_id, csm, lifecycle_stage,
+                           first_event_day, last_event_day)
+                       VALUES ($1, $2, $3, '2026-01-01', '2026-01-01')""",
+                    [(f"m{i}", csms[i % len(csms)], stages[i % 4]) for i in range(2_000)],
+                )
+                got = await read_model.choices(pg)
+                await pg.execute("SET LOCAL enable_seqscan = off")
+                plans = [
+                    "\n".join(
+                        r[0]
+                        for r in await pg.fetch(
+                            "EXPLAIN " + read_model._DISTINCT.format(col=col, limit=500)
+                        )
+                    )
+                    for col in ("csm", "lifecycle_stage")
+                ]
+            finally:
+                await tr.rollback()
+    finally:
+        await pool.close()
+    assert got == {"csms": sorted(c for c in csms if c)[:500], "stages": sorted(stages[1:])}
+    for plan in plans:
+        assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
+        assert "ix_scoring_accounts_" in plan, plan
