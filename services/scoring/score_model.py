@@ -231,6 +231,10 @@ class _Weights:
     with_data: bool  # some applied measure has a value
     effective: tuple[float | None, ...]  # per shown measure; None: left out
     shown: tuple[float, ...]  # the same, rounded as the explanation shows it (0 left out)
+    # per shown measure: round(100 × effective, 4), what a measure at green contributes
+    # and one at red leaves on the table (most measures sit at either end: their
+    # explanation then needs no rounding per evaluation)
+    whole: tuple[float, ...]
 
 
 _PLANS: dict[tuple[int, str | None, bool], tuple[ScoreModel, _Plan]] = {}
@@ -284,6 +288,7 @@ def _weights(plan: _Plan, present: tuple[bool, ...]) -> _Weights:
         with_data=bool(with_data),
         effective=eff,
         shown=tuple(0.0 if e is None else round(e, 6) for e in eff),
+        whole=tuple(0.0 if e is None else round(100.0 * e, 4) for e in eff),
     )
     if len(plan.weights) < _MAX_PATTERNS:
         plan.weights[present] = out
@@ -306,8 +311,14 @@ def evaluate(
     coverage = weights.coverage
     results: list[MeasureScore] = []
     score_sum = 0.0
-    for (kpi, group, red, green), value, eff, eff_shown, left_out in zip(
-        plan.shown, values, weights.effective, weights.shown, plan.left_out, strict=True
+    for (kpi, group, red, green), value, eff, eff_shown, whole, left_out in zip(
+        plan.shown,
+        values,
+        weights.effective,
+        weights.shown,
+        weights.whole,
+        plan.left_out,
+        strict=True,
     ):
         if value is None:
             results.append(left_out)
@@ -316,20 +327,26 @@ def evaluate(
             results.append(MeasureScore(kpi, group, value, None, 0.0, 0.0, 0.0))
             continue
         t = (float(value) - red) / (green - red)  # 0 at red, 1 at green; clamped below
-        pts = 100.0 * t if 0.0 < t < 1.0 else (100.0 if t >= 1.0 else 0.0)
-        contribution = pts * eff
-        score_sum += contribution
-        results.append(
-            MeasureScore(
-                kpi,
-                group,
-                value,
-                round(pts, 2),
-                eff_shown,
-                round(contribution, 4),
-                round((100.0 - pts) * eff, 4),
+        if 0.0 < t < 1.0:
+            pts = 100.0 * t
+            contribution = pts * eff
+            score_sum += contribution
+            results.append(
+                MeasureScore(
+                    kpi,
+                    group,
+                    value,
+                    round(pts, 2),
+                    eff_shown,
+                    round(contribution, 4),
+                    round((100.0 - pts) * eff, 4),
+                )
             )
-        )
+        elif t >= 1.0:  # at green or beyond: what round() would give, precomputed
+            score_sum += 100.0 * eff
+            results.append(MeasureScore(kpi, group, value, 100.0, eff_shown, whole, 0.0))
+        else:  # at red or beyond
+            results.append(MeasureScore(kpi, group, value, 0.0, eff_shown, 0.0, whole))
     score = round(score_sum, 2) if weights.with_data and coverage >= model.min_coverage else None
     return Evaluation(
         score=score,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.scoring import score_model
 from services.scoring.score_model import (
     ModelError,
     evaluate,
@@ -293,10 +294,26 @@ def test_property_each_measure_scores_its_points_and_null_ones_are_left_out(
     first = evaluate(m, kpis, lifecycle_stage="active", onboarding_completed_at=None, as_of=D)
     other = evaluate(m, {}, lifecycle_stage="active", onboarding_completed_at=None, as_of=D)
     bounds = {x.kpi: (x.red, x.green) for g in m.measures_for("active") for x in g.measures}
-    for got in first.measures:
+    weights = score_model._weights(
+        score_model._plan(m, "active", False),
+        tuple(kpis.get(x.kpi) is not None for x in first.measures),
+    )
+    score_sum = 0.0
+    for got, eff in zip(first.measures, weights.effective, strict=True):
         value = kpis.get(got.kpi)
         if value is None:
             assert (got.value, got.points, got.weight, got.contribution) == (None, None, 0, 0)
         else:
-            assert got.points == round(points(value, *bounds[got.kpi]), 2)  # type: ignore[arg-type]
+            pts = points(value, *bounds[got.kpi])
+            assert pts is not None and eff is not None
+            assert got.points == round(pts, 2)
+            # the explanation as plain rounding gives it (points at either end of the
+            # scale take precomputed values: they must be the same numbers)
+            assert (got.contribution, got.left_on_table) == (
+                round(pts * eff, 4),
+                round((100.0 - pts) * eff, 4),
+            )
+            score_sum += pts * eff
+    if first.score is not None:
+        assert first.score == round(score_sum, 2)
     assert all(x.value is None and x.points is None for x in other.measures)
