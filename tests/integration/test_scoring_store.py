@@ -57,11 +57,11 @@ def _shape(plan: dict[str, Any]) -> str:
 async def test_every_accounts_page_is_read_in_order_from_an_index(
     env: dict[str, str], sort: str
 ) -> None:
-    """Every order of the list (first page, a later page, filtered) pages by reading
-    an index, not by sorting every account: with scans made prohibitively expensive,
-    the planner finds such a plan only if the index matches ``read_model``'s sort
-    expression. The one sort allowed is the descending orders' top-N over their two
-    parts, each already limited to a page."""
+    """Every order of the list (first page, a later page, filtered; for a nullable
+    key, the valued accounts and the null ones after them) pages by reading an
+    index, not by sorting every account, and a cursor is where the index read
+    starts: with scans and sorts made prohibitively expensive, the planner finds
+    such a plan only if an index matches ``read_model``'s sort expression."""
     queries: list[tuple[str, tuple[Any, ...]]] = []
 
     class Recorder:  # the read model's only use of its pool here: one fetch
@@ -77,7 +77,7 @@ async def test_every_accounts_page_is_read_in_order_from_an_index(
         {"band": "red", "csm": "ana", "cursor": cursors[0]},
     ):
         await read_model.accounts_page(Recorder(), sort=sort, **kwargs)
-    index = {"score": "worst_first", "delta": "delta", "name": "name"}[sort.lstrip("-")]
+    index = {"score": "_score", "delta": "_delta", "name": "_name"}[sort.lstrip("-")]
     pool = await store.create_pool(settings_from(env).database_url, size=1)
     try:
         async with pool.acquire() as pg, pg.transaction():
@@ -96,13 +96,7 @@ async def test_every_accounts_page_is_read_in_order_from_an_index(
         if "acme" in args:  # from a cursor: where the page starts is found in the index
             assert any("account_id" in n.get("Index Cond", "") for n in scans), scans
         assert not any(n["Node Type"] == "Seq Scan" for n in nodes), shape
-        for n in nodes:
-            if n["Node Type"] == "Sort":  # only above the page-limited parts
-                below = _nodes(n)[1:]
-                assert any(b["Node Type"] == "Append" for b in below), shape
-                append = next(b for b in below if b["Node Type"] == "Append")
-                limited = ("Limit(", "Subquery Scan(Limit(")
-                assert all(_shape(p).startswith(limited) for p in append["Plans"]), shape
+        assert not any(n["Node Type"] == "Sort" for n in nodes), shape
 
 
 async def test_every_order_pages_through_every_account_once_nulls_last(
@@ -245,3 +239,68 @@ async def test_filter_menus_list_each_csm_and_stage_once_from_the_indexes(
     for plan in plans:
         assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
         assert "ix_scoring_accounts_" in plan, plan
+
+
+async def test_the_window_read_finds_accounts_by_key_whatever_the_list_indexes(
+    env: dict[str, str],
+) -> None:
+    """The accounts list's indexes have account_id as a column too. While every
+    score and delta is still null (a new deployment) and no account has a name, an
+    index like that looked to the planner like a cheap way to find the window
+    read's accounts once the scores had been rewritten a few times, and it scanned
+    all of it (16 ms instead of 5 for 1,000 of 63,000 accounts). The read must find
+    them by their keys."""
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg:
+            tr = pg.transaction()
+            await tr.start()
+            try:
+                ids = [f"w{i:05d}" for i in range(20_000)]
+                await pg.execute(
+                    """INSERT INTO scoring_accounts (account_id, first_event_day, last_event_day)
+                       SELECT id, '2026-01-01', '2026-01-01' FROM unnest($1::text[]) id""",
+                    ids,
+                )
+                await pg.execute(
+                    """INSERT INTO scoring_scores (account_id, as_of, evaluated_at, trigger,
+                           coverage, model_version, in_grace_period, kpis, measures, revision)
+                       SELECT id, '2026-01-01', now(), 'events', 0, 'v1', false, $2, $3, 1
+                       FROM unnest($1::text[]) id""",
+                    ids,
+                    orjson.dumps({f"kpi_{i}": None for i in range(20)}).decode(),
+                    orjson.dumps(
+                        [[f"kpi_{i}", None, None, 0.0, 0.0, 0.0] for i in range(15)]
+                    ).decode(),
+                )
+                for _ in range(3):  # as evaluations do (no HOT update: evaluated_at is indexed)
+                    await pg.execute(
+                        "UPDATE scoring_scores SET evaluated_at = evaluated_at + interval '1 s',"
+                        " revision = revision + 1"
+                    )
+                await pg.execute("ANALYZE scoring_accounts; ANALYZE scoring_scores")
+                await pg.execute(store._READ_SETTINGS)
+                plan = await pg.fetchval(
+                    "EXPLAIN (FORMAT JSON) " + store._AGGREGATES_SQL,
+                    random.Random(3).sample(ids, 1_000),
+                    date(2026, 1, 1),
+                    [],
+                )
+            finally:
+                await tr.rollback()
+    finally:
+        await pool.close()
+    nodes = _nodes((orjson.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
+    used = {n["Index Name"] for n in nodes if "Index Name" in n}
+    assert used <= {
+        "pk_scoring_accounts",
+        "pk_scoring_scores",
+        "pk_scoring_published",
+        "pk_scoring_account_days",
+        "pk_scoring_user_days",
+        "pk_scoring_feature_days",
+        "pk_scoring_contact_days",
+        "pk_scoring_contacts",
+        "pk_scoring_history",
+    }, used
+    assert {"pk_scoring_accounts", "pk_scoring_scores"} <= used, used
