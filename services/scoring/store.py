@@ -370,14 +370,14 @@ uu AS (  -- one row per active user: distinct counts below without sorting user 
   FROM scoring_user_days
   WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 34 AND $2::date
   GROUP BY account_id, user_id),
-u AS MATERIALIZED (
+u AS (
   SELECT account_id,
     count(*) FILTER (WHERE last_day = $2::date) AS dau,
     count(*) FILTER (WHERE last_day > $2::date - 7) AS wau,
     count(*) FILTER (WHERE last_day > $2::date - 30) AS mau,
     count(*) FILTER (WHERE early) AS users_d34_d28
   FROM uu GROUP BY account_id),
-d AS MATERIALIZED (
+d AS (
   SELECT account_id,
     sum(active_users) FILTER (WHERE day > $2::date - 30) AS user_days_30d,
     sum(session_seconds) FILTER (WHERE day > $2::date - 30) AS session_seconds_30d,
@@ -396,7 +396,7 @@ ff AS (  -- one row per feature used (as uu: no DISTINCT sorting each account's 
   SELECT account_id, feature FROM scoring_feature_days
   WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 29 AND $2::date
   GROUP BY account_id, feature),
-f AS MATERIALIZED (
+f AS (
   SELECT account_id, count(*) AS features_used_30d,
     count(*) FILTER (WHERE feature = ANY($3::text[])) AS key_features_used_30d
   FROM ff GROUP BY account_id),
@@ -404,12 +404,12 @@ ss AS (  -- one row per contact heard from, joined to its contact once (not per 
   SELECT account_id, contact_id FROM scoring_contact_days
   WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 29 AND $2::date AND inbound > 0
   GROUP BY account_id, contact_id),
-s AS MATERIALIZED (
+s AS (
   SELECT ss.account_id, count(*) AS inbound_contacts_30d
   FROM ss JOIN scoring_contacts c ON c.account_id = ss.account_id AND c.contact_id = ss.contact_id
   WHERE NOT c.left_company
   GROUP BY ss.account_id),
-ch AS MATERIALIZED (
+ch AS (
   SELECT c.account_id,
     array_agg(COALESCE(
         (SELECT max(cd.day) FROM scoring_contact_days cd
@@ -474,17 +474,9 @@ def _i(v: Any) -> int:
 
 
 # Planner settings for the window read (this transaction only):
-# - a round of more than GENERIC_PLAN_MAX accounts is planned for its very arrays
-#   (a custom plan): a generic plan guesses ~10 elements per array and reads 1,000
-#   accounts by index probes where a custom plan scans (1,000 busy accounts of
-#   1,000: 128–232 vs 117–140 ms). A smaller round reuses the connection's generic
-#   plan, as planning a custom one costs about as much as running it (median
-#   round, three data shapes — 1k accounts × 30 or 365 days, 63k sparse accounts:
-#   10 accounts 1.1–4.0 ms generic vs 3.6–5.5 custom; 300: 23–62 vs 33–53). At a
-#   steady 2,000 events/s PostgreSQL's CPU per event went from 208–211 µs (every
-#   round custom) to 186–188 (this threshold; 183–205 with 50), alternating runs.
-#   Every window aggregate is a MATERIALIZED CTE, so no plan can re-run one per
-#   account inside a nested loop (a generic plan of the inlined query could);
+# - planned for these very arrays: a generic plan (what a prepared statement gets
+#   after five runs) guesses their sizes and can pick nested loops that re-run the
+#   window aggregates per account;
 # - no JIT: once the tables are analysed, the estimated cost of reading 1,000
 #   accounts passes ``jit_above_cost`` and compiling took ~1 s per round
 #   (PostgreSQL 15 with LLVM, measured: 1,088 ms vs 31 ms without) for a query
@@ -496,9 +488,9 @@ def _i(v: Any) -> int:
 #   planner's search over the orders of nine relations took ~3 of the ~6–7 ms
 #   spent planning each round, whatever its size, and a steady load makes rounds
 #   of tens of accounts, tens of times a second.
-GENERIC_PLAN_MAX = 300
 _READ_SETTINGS = (
-    "SET LOCAL jit = off; SET LOCAL random_page_cost = 1.1;"
+    "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;"
+    " SET LOCAL random_page_cost = 1.1;"
     " SET LOCAL join_collapse_limit = 1; SET LOCAL from_collapse_limit = 1"
 )
 
@@ -509,8 +501,7 @@ async def load_states(
     """Everything needed to evaluate ``account_ids`` as of ``as_of``: one query."""
     if not account_ids:
         return []
-    plans = "force_custom_plan" if len(account_ids) > GENERIC_PLAN_MAX else "force_generic_plan"
-    await pg.execute(f"{_READ_SETTINGS}; SET LOCAL plan_cache_mode = {plans}")
+    await pg.execute(_READ_SETTINGS)
     rows = await pg.fetch(_AGGREGATES_SQL, list(account_ids), as_of, list(key_features))
     out = []
     for r in rows:

@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime
 import httpx
 import pytest
 
-from services.scoring import store
 from tests.integration.scoring_support import Stack, running_stack
 
 D = date(2026, 3, 31)
@@ -207,25 +206,6 @@ async def test_history_row_per_day_and_dedup_table(stack: Stack) -> None:
         ("growth", D),
         ("left", D),
     ]
-
-
-async def test_small_and_large_rounds_read_the_same_windows(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A small evaluation round reads with the connection's generic plan, a large one
-    with a plan made for its accounts (store.GENERIC_PLAN_MAX): the same windows
-    either way, on the stories' accounts (every kind of window has rows)."""
-    accounts = ["decline", "growth", "left", "nobody"]
-    got = {}
-    for largest_generic in (0, 10_000):  # every round custom, then every round generic
-        monkeypatch.setattr(store, "GENERIC_PLAN_MAX", largest_generic)
-        async with stack.pool.acquire() as pg:
-            for _ in range(3):  # the generic plan is made on a later run of the statement
-                async with pg.transaction():
-                    states = await store.load_states(pg, accounts, D, stack.model.key_features)
-            got[largest_generic] = states
-    assert [s.account_id for s in got[0]] == ["decline", "growth", "left"]
-    assert got[0] == got[10_000]
 
 
 # ------------------------------------------------------------------ read API (SPEC §6)
