@@ -4,7 +4,9 @@ the accounts list (read from an index, not a sort of every account)."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
@@ -40,6 +42,23 @@ async def test_the_window_read_is_never_jit_compiled(env: dict[str, str]) -> Non
         1.1,
     )
     assert after == "auto"
+
+
+@contextlib.asynccontextmanager
+async def _rolled_back(env: dict[str, str]) -> AsyncIterator[Any]:
+    """A connection inside a transaction that is rolled back: rows a test inserts
+    leave nothing behind for the module's other tests."""
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg:
+            tr = pg.transaction()
+            await tr.start()
+            try:
+                yield pg
+            finally:
+                await tr.rollback()
+    finally:
+        await pool.close()
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,57 +132,46 @@ async def test_every_order_pages_through_every_account_once_nulls_last(
         band = None if score is None else ("red" if score < 40 else "green")
         name = None if i % 6 == 0 else rnd.choice(["Acme", "Globex", "Initech"])
         rows.append((f"acct{i:02d}", name, score, delta, band))
-    pool = await store.create_pool(settings_from(env).database_url, size=1)
-    try:
-        async with pool.acquire() as pg:
-            tr = pg.transaction()
-            await tr.start()
-            try:
-                await pg.executemany(
-                    """INSERT INTO scoring_accounts (account_id, name, first_event_day,
-                           last_event_day) VALUES ($1, $2, '2026-01-01', '2026-01-01')""",
-                    [(a, n) for a, n, *_ in rows],
-                )
-                await pg.executemany(
-                    """INSERT INTO scoring_scores (account_id, as_of, evaluated_at, trigger,
-                           score, band, score_delta_7d, coverage, model_version,
-                           in_grace_period, kpis, measures, revision)
-                       VALUES ($1, '2026-01-01', now(), 'events', $2, $3, $4, 1, 'v1',
-                           false, '{}', '[]', 1)""",
-                    [(a, sc, b, d) for a, _, sc, d, b in rows],
-                )
+    async with _rolled_back(env) as pg:
+        await pg.executemany(
+            """INSERT INTO scoring_accounts (account_id, name, first_event_day,
+                   last_event_day) VALUES ($1, $2, '2026-01-01', '2026-01-01')""",
+            [(a, n) for a, n, *_ in rows],
+        )
+        await pg.executemany(
+            """INSERT INTO scoring_scores (account_id, as_of, evaluated_at, trigger,
+                   score, band, score_delta_7d, coverage, model_version,
+                   in_grace_period, kpis, measures, revision)
+               VALUES ($1, '2026-01-01', now(), 'events', $2, $3, $4, 1, 'v1',
+                   false, '{}', '[]', 1)""",
+            [(a, sc, b, d) for a, _, sc, d, b in rows],
+        )
 
-                def expected(sort: str, band: str | None) -> list[str]:
-                    """By the key then account id, in the sort's direction; nulls last."""
-                    desc, field = sort.startswith("-"), sort.lstrip("-")
-                    chosen = [r for r in rows if band is None or r[4] == band]
-                    if field == "name":
-                        keyed = [((r[1] or r[0]), r[0]) for r in chosen]
-                        return [a for _, a in sorted(keyed, reverse=desc)]
-                    v = {"score": 2, "delta": 3}[field]
-                    valued = sorted(
-                        ((r[v], r[0]) for r in chosen if r[v] is not None), reverse=desc
+        def expected(sort: str, band: str | None) -> list[str]:
+            """By the key then account id, in the sort's direction; nulls last."""
+            desc, field = sort.startswith("-"), sort.lstrip("-")
+            chosen = [r for r in rows if band is None or r[4] == band]
+            if field == "name":
+                keyed = [((r[1] or r[0]), r[0]) for r in chosen]
+                return [a for _, a in sorted(keyed, reverse=desc)]
+            v = {"score": 2, "delta": 3}[field]
+            valued = sorted(((r[v], r[0]) for r in chosen if r[v] is not None), reverse=desc)
+            nulls = sorted((r[0] for r in chosen if r[v] is None), reverse=desc)
+            return [a for _, a in valued] + nulls
+
+        for sort in read_model.SORTS:
+            for band in (None, "green"):
+                seen: list[str] = []
+                cursor = None
+                while True:
+                    page = await read_model.accounts_page(
+                        pg, sort=sort, band=band, limit=3, cursor=cursor
                     )
-                    nulls = sorted((r[0] for r in chosen if r[v] is None), reverse=desc)
-                    return [a for _, a in valued] + nulls
-
-                for sort in read_model.SORTS:
-                    for band in (None, "green"):
-                        seen: list[str] = []
-                        cursor = None
-                        while True:
-                            page = await read_model.accounts_page(
-                                pg, sort=sort, band=band, limit=3, cursor=cursor
-                            )
-                            seen += [a["account_id"] for a in page["accounts"]]
-                            cursor = page["next_cursor"]
-                            if cursor is None:
-                                break
-                        assert seen == expected(sort, band), (sort, band)
-            finally:
-                await tr.rollback()
-    finally:
-        await pool.close()
+                    seen += [a["account_id"] for a in page["accounts"]]
+                    cursor = page["next_cursor"]
+                    if cursor is None:
+                        break
+                assert seen == expected(sort, band), (sort, band)
 
 
 async def test_array_literals_carry_any_text_and_int_unchanged(env: dict[str, str]) -> None:
@@ -208,33 +216,24 @@ async def test_filter_menus_list_each_csm_and_stage_once_from_the_indexes(
     never by reading every account."""
     csms = [None, *(f"csm-{i:03d}" for i in range(600))]
     stages = [None, "onboarding", "active", "renewal"]
-    pool = await store.create_pool(settings_from(env).database_url, size=1)
-    try:
-        async with pool.acquire() as pg:
-            tr = pg.transaction()
-            await tr.start()
-            try:
-                await pg.executemany(
-                    """INSERT INTO scoring_accounts (account_id, csm, lifecycle_stage,
-                           first_event_day, last_event_day)
-                       VALUES ($1, $2, $3, '2026-01-01', '2026-01-01')""",
-                    [(f"m{i}", csms[i % len(csms)], stages[i % 4]) for i in range(2_000)],
+    async with _rolled_back(env) as pg:
+        await pg.executemany(
+            """INSERT INTO scoring_accounts (account_id, csm, lifecycle_stage,
+                   first_event_day, last_event_day)
+               VALUES ($1, $2, $3, '2026-01-01', '2026-01-01')""",
+            [(f"m{i}", csms[i % len(csms)], stages[i % 4]) for i in range(2_000)],
+        )
+        got = await read_model.choices(pg)
+        await pg.execute("SET LOCAL enable_seqscan = off")
+        plans = [
+            "\n".join(
+                r[0]
+                for r in await pg.fetch(
+                    "EXPLAIN " + read_model._DISTINCT.format(col=col, limit=500)
                 )
-                got = await read_model.choices(pg)
-                await pg.execute("SET LOCAL enable_seqscan = off")
-                plans = [
-                    "\n".join(
-                        r[0]
-                        for r in await pg.fetch(
-                            "EXPLAIN " + read_model._DISTINCT.format(col=col, limit=500)
-                        )
-                    )
-                    for col in ("csm", "lifecycle_stage")
-                ]
-            finally:
-                await tr.rollback()
-    finally:
-        await pool.close()
+            )
+            for col in ("csm", "lifecycle_stage")
+        ]
     assert got == {"csms": sorted(c for c in csms if c)[:500], "stages": sorted(stages[1:])}
     for plan in plans:
         assert "Seq Scan" not in plan and "Bitmap" not in plan, plan
@@ -250,46 +249,35 @@ async def test_the_window_read_finds_accounts_by_key_whatever_the_list_indexes(
     read's accounts once the scores had been rewritten a few times, and it scanned
     all of it (16 ms instead of 5 for 1,000 of 63,000 accounts). The read must find
     them by their keys."""
-    pool = await store.create_pool(settings_from(env).database_url, size=1)
-    try:
-        async with pool.acquire() as pg:
-            tr = pg.transaction()
-            await tr.start()
-            try:
-                ids = [f"w{i:05d}" for i in range(20_000)]
-                await pg.execute(
-                    """INSERT INTO scoring_accounts (account_id, first_event_day, last_event_day)
-                       SELECT id, '2026-01-01', '2026-01-01' FROM unnest($1::text[]) id""",
-                    ids,
-                )
-                await pg.execute(
-                    """INSERT INTO scoring_scores (account_id, as_of, evaluated_at, trigger,
-                           coverage, model_version, in_grace_period, kpis, measures, revision)
-                       SELECT id, '2026-01-01', now(), 'events', 0, 'v1', false, $2, $3, 1
-                       FROM unnest($1::text[]) id""",
-                    ids,
-                    orjson.dumps({f"kpi_{i}": None for i in range(20)}).decode(),
-                    orjson.dumps(
-                        [[f"kpi_{i}", None, None, 0.0, 0.0, 0.0] for i in range(15)]
-                    ).decode(),
-                )
-                for _ in range(3):  # as evaluations do (no HOT update: evaluated_at is indexed)
-                    await pg.execute(
-                        "UPDATE scoring_scores SET evaluated_at = evaluated_at + interval '1 s',"
-                        " revision = revision + 1"
-                    )
-                await pg.execute("ANALYZE scoring_accounts; ANALYZE scoring_scores")
-                await pg.execute(store._READ_SETTINGS)
-                plan = await pg.fetchval(
-                    "EXPLAIN (FORMAT JSON) " + store._AGGREGATES_SQL,
-                    random.Random(3).sample(ids, 1_000),
-                    date(2026, 1, 1),
-                    [],
-                )
-            finally:
-                await tr.rollback()
-    finally:
-        await pool.close()
+    async with _rolled_back(env) as pg:
+        ids = [f"w{i:05d}" for i in range(20_000)]
+        await pg.execute(
+            """INSERT INTO scoring_accounts (account_id, first_event_day, last_event_day)
+               SELECT id, '2026-01-01', '2026-01-01' FROM unnest($1::text[]) id""",
+            ids,
+        )
+        await pg.execute(
+            """INSERT INTO scoring_scores (account_id, as_of, evaluated_at, trigger,
+                   coverage, model_version, in_grace_period, kpis, measures, revision)
+               SELECT id, '2026-01-01', now(), 'events', 0, 'v1', false, $2, $3, 1
+               FROM unnest($1::text[]) id""",
+            ids,
+            orjson.dumps({f"kpi_{i}": None for i in range(20)}).decode(),
+            orjson.dumps([[f"kpi_{i}", None, None, 0.0, 0.0, 0.0] for i in range(15)]).decode(),
+        )
+        for _ in range(3):  # as evaluations do (no HOT update: evaluated_at is indexed)
+            await pg.execute(
+                "UPDATE scoring_scores SET evaluated_at = evaluated_at + interval '1 s',"
+                " revision = revision + 1"
+            )
+        await pg.execute("ANALYZE scoring_accounts; ANALYZE scoring_scores")
+        await pg.execute(store._READ_SETTINGS)
+        plan = await pg.fetchval(
+            "EXPLAIN (FORMAT JSON) " + store._AGGREGATES_SQL,
+            random.Random(3).sample(ids, 1_000),
+            date(2026, 1, 1),
+            [],
+        )
     nodes = _nodes((orjson.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
     used = {n["Index Name"] for n in nodes if "Index Name" in n}
     assert used <= {
