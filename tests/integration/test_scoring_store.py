@@ -83,7 +83,7 @@ async def test_every_accounts_page_is_read_in_order_from_an_index(
     such a plan only if an index matches ``read_model``'s sort expression."""
     queries: list[tuple[str, tuple[Any, ...]]] = []
 
-    class Recorder:  # the read model's only use of its pool here: one fetch
+    class Recorder:  # the read model's only use of its pool here: fetch (no rows)
         async def fetch(self, sql: str, *args: Any) -> list[Any]:
             queries.append((sql, args))
             return []
@@ -98,15 +98,11 @@ async def test_every_accounts_page_is_read_in_order_from_an_index(
     for kwargs in pages:
         await read_model.accounts_page(Recorder(), sort=sort, **kwargs)
     index = {"score": "_score", "delta": "_delta", "name": "_name"}[sort.lstrip("-")]
-    pool = await store.create_pool(settings_from(env).database_url, size=1)
-    try:
-        async with pool.acquire() as pg, pg.transaction():
-            await pg.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
-            explained = [
-                await pg.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args) for sql, args in queries
-            ]
-    finally:
-        await pool.close()
+    async with _rolled_back(env) as pg:
+        await pg.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_sort = off")
+        explained = [
+            await pg.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args) for sql, args in queries
+        ]
     for doc, (_, args) in zip(explained, queries, strict=True):  # decoded by the json codec
         plan = (orjson.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
         nodes = _nodes(plan)

@@ -5,7 +5,8 @@ each either way, nulls last. Only worst first had an index (scoring_0005); the
 others sorted every matching account for each page: 80–330 ms a page with 63,000
 accounts (two runs), growing with the account count. With these indexes (a
 descending order reads one backwards) a page of any order reads about a page of
-index entries: 1.0–2.8 ms.
+index entries: 1.1–2.3 ms (page 1 and page 202, any filter but one at the far
+end of the order: docs/scoring.md).
 
 The score and delta indexes are partial — the valued rows by (value, account_id),
 the null ones by account_id — for two reasons: the nulls come last in either
