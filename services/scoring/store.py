@@ -407,7 +407,7 @@ ss AS (  -- one row per contact heard from, joined to its contact once (not per 
 s AS (
   SELECT ss.account_id, count(*) AS inbound_contacts_30d
   FROM ss JOIN scoring_contacts c ON c.account_id = ss.account_id AND c.contact_id = ss.contact_id
-  WHERE NOT c.left_company
+  WHERE c.account_id = ANY($1::text[]) AND NOT c.left_company
   GROUP BY ss.account_id),
 ch AS (
   SELECT c.account_id,
