@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 import asyncpg
@@ -34,8 +33,8 @@ from aiokafka import AIOKafkaProducer
 
 from bench.context import BenchContext, Row
 from shared.embedded import free_port
-from shared.health import HealthSnapshot
 from tests.infra import BOOTSTRAP_KEY, ROOT
+from tests.snapshots import snapshot
 
 RATE = 100.0  # alerts per second, steady phase
 BURST = 1000  # alerts published at once, burst phase
@@ -48,24 +47,6 @@ def _lines(path: Path) -> int:
 def _pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
-
-
-def _snapshot(account_id: str) -> bytes:
-    """A new account's first snapshot with NPS −40: fires the default negative-nps rule."""
-    return HealthSnapshot(
-        account_id=account_id,
-        revision=1,
-        as_of=date.today(),
-        evaluated_at=datetime.now(UTC),
-        trigger="events",
-        score=70.0,
-        band="green",
-        coverage=1.0,
-        model_version="bench",
-        in_grace_period=False,
-        kpis={"nps": -40},
-        measures=[],
-    ).encode()
 
 
 async def _wait_lines(path: Path, count: int, timeout: float = 120) -> None:
@@ -113,7 +94,7 @@ async def run(ctx: BenchContext) -> list[Row]:
     published: dict[str, float] = {}
     try:
         warm = f"bench_{run_id}_warm"
-        await producer.send_and_wait(topic, _snapshot(warm), key=warm.encode())
+        await producer.send_and_wait(topic, snapshot(warm, nps=-40).encode(), key=warm.encode())
         await _wait_lines(received_log, 1)
         start = time.perf_counter()
         for i in range(total):
@@ -123,11 +104,11 @@ async def run(ctx: BenchContext) -> list[Row]:
                 await asyncio.sleep(delay)
             acct = f"bench_{run_id}_{i}"
             published[acct] = time.time()
-            await producer.send(topic, _snapshot(acct), key=acct.encode())
+            await producer.send(topic, snapshot(acct, nps=-40).encode(), key=acct.encode())
         await producer.flush()
         await _wait_lines(received_log, 1 + total)
         burst_ids = [f"bench_{run_id}_burst_{i}" for i in range(burst)]
-        bodies = [_snapshot(a) for a in burst_ids]
+        bodies = [snapshot(a, nps=-40).encode() for a in burst_ids]
         burst_at = time.time()
         for acct, body in zip(burst_ids, bodies, strict=True):
             await producer.send(topic, body, key=acct.encode())

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import Webhook
 
 from shared.health import HealthSnapshot
 from tests.infra import BOOTSTRAP_KEY, ServiceProcess
+from tests.snapshots import snapshot
 from tests.webhook_receiver import Answer, Receiver, always, fail_then_succeed
 
 AUTH = {"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
@@ -67,26 +68,6 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 def account() -> str:
     return "acct_" + secrets.token_hex(4)
-
-
-def snapshot(account_id: str, revision: int, **kpis: Any) -> HealthSnapshot:
-    return HealthSnapshot(
-        account_id=account_id,
-        account_name=f"Account {account_id}",
-        revision=revision,
-        as_of=date.today(),
-        evaluated_at=datetime.now(UTC) + timedelta(seconds=revision),
-        trigger="events",
-        score=kpis.pop("score", 80.0),
-        band=kpis.pop("band", "green"),
-        previous_band=kpis.pop("previous_band", None),
-        coverage=1.0,
-        model_version="test",
-        in_grace_period=kpis.pop("in_grace_period", False),
-        lifecycle_stage="customer",
-        kpis=kpis,
-        measures=[],
-    )
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, *snaps: HealthSnapshot) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from services.alerts.signing import generate_secret
 from services.alerts.store import load_default_rules, notify_outbox, outbox_row
 from services.alerts.tables import alerts, deliveries, delivery_attempts, rules, subscriptions
 from shared import db
-from shared.health import HealthSnapshot
+from tests.snapshots import snapshot
 from tests.webhook_receiver import Receiver
 
 
@@ -56,23 +55,6 @@ async def add_subscription(engine: AsyncEngine, sub_id: str, url: str, **kw: Any
         )
 
 
-def snap(account_id: str, revision: int, **kpis: Any) -> HealthSnapshot:
-    return HealthSnapshot(
-        account_id=account_id,
-        revision=revision,
-        as_of=date(2026, 11, 1),
-        evaluated_at=datetime(2026, 11, 1, 12, revision, tzinfo=UTC),
-        trigger="events",
-        score=80.0,
-        band="green",
-        coverage=1.0,
-        model_version="t",
-        in_grace_period=False,
-        kpis=kpis,
-        measures=[],
-    )
-
-
 async def test_defaults_load_once_and_alert_and_outbox_share_a_transaction(
     engine: AsyncEngine,
 ) -> None:
@@ -81,14 +63,16 @@ async def test_defaults_load_once_and_alert_and_outbox_share_a_transaction(
     assert await load_default_rules(engine, path) == 0  # not empty any more: untouched
     await add_subscription(engine, "wh_tx", "http://127.0.0.1:9/never", filter_account_ids=["tx"])
     async with engine.begin() as conn:
-        first = await apply_snapshots(conn, [snap("tx", 1, nps=-30)], "http://d")
+        first = await apply_snapshots(conn, [snapshot("tx", 1, nps=-30)], "http://d")
         assert first.outbox_rows == 1 and first.transitions == [("negative-nps", "fired")]
-        again = await apply_snapshots(conn, [snap("tx", 1, nps=-30), snap("tx", 0)], "http://d")
+        again = await apply_snapshots(
+            conn, [snapshot("tx", 1, nps=-30), snapshot("tx", 0)], "http://d"
+        )
         assert again.skipped_stale == 2 and again.outbox_rows == 0
     # a transaction that fails after evaluating leaves neither alert nor outbox row
     with pytest.raises(RuntimeError):
         async with engine.begin() as conn:
-            await apply_snapshots(conn, [snap("rolled", 1, nps=-30)], "http://d")
+            await apply_snapshots(conn, [snapshot("rolled", 1, nps=-30)], "http://d")
             raise RuntimeError("crash before commit")
     async with engine.connect() as conn:
         n_alerts = (
