@@ -9,7 +9,7 @@ CONFLICT DO UPDATE``: one round trip per table per batch, whatever its size.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import Enum
@@ -145,16 +145,56 @@ async def prune_processed(pg: Pg, now: datetime) -> int:
     horizon = now.date() - timedelta(days=RETENTION_DAYS)
     for table in (
         "scoring_account_days",
-        "scoring_user_days",
+        "scoring_user_days",  # written by the previous release only (scoring_0007)
         "scoring_feature_days",
         "scoring_contact_days",
         "scoring_history",
     ):
         await pg.execute(f"DELETE FROM {table} WHERE day < $1", horizon)
+    await pg.execute("DELETE FROM scoring_account_users WHERE last_day < $1", horizon)
     return int(status.rsplit(" ", 1)[-1])
 
 
 # ---------------------------------------------------------------- window writes
+
+
+USER_DAY_BITS = 448  # days a user's bitmap covers: > 400 retained + 34 a window reaches back
+# Merging a batch's bitmap of a user (EXCLUDED) into the stored one (t): both are
+# aligned on the later last day (shifting right = back in time), then or-ed.
+_MERGE_USER_BITS = """
+    days = CASE WHEN EXCLUDED.last_day >= t.last_day
+                THEN (t.days >> (EXCLUDED.last_day - t.last_day)) | EXCLUDED.days
+                ELSE t.days | (EXCLUDED.days >> (t.last_day - EXCLUDED.last_day)) END,
+    last_day = GREATEST(t.last_day, EXCLUDED.last_day)"""
+
+
+def user_bits(
+    user_days: Iterable[tuple[str, date, str]],
+) -> tuple[list[str], list[str], list[date], list[str]]:
+    """A batch's (account, day, user) activity as one row per (account, user), in
+    key order: its last day and its days as a bit string back from it (character
+    0 = the last day, 1 = the day before…; PostgreSQL pads it to
+    :data:`USER_DAY_BITS`). Days further back than the bitmap reaches are dropped:
+    they are older than any window or rescore reads."""
+    days_of: dict[tuple[str, str], list[date]] = {}
+    for account, day, user in user_days:
+        days_of.setdefault((account, user), []).append(day)
+    accounts: list[str] = []
+    users: list[str] = []
+    last_days: list[date] = []
+    maps: list[str] = []
+    for (account, user), days in sorted(days_of.items()):
+        last = max(days)
+        mask = 0
+        for day in days:
+            back = (last - day).days
+            if back < USER_DAY_BITS:
+                mask |= 1 << back
+        accounts.append(account)
+        users.append(user)
+        last_days.append(last)
+        maps.append(format(mask, "b")[::-1])
+    return accounts, users, last_days, maps
 
 
 async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
@@ -217,13 +257,11 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         *args,
     )
 
-    # One statement for both: a (account, day, user) row new to scoring_user_days
-    # adds one to the day's distinct active users, so Σ daily distinct users never
-    # rescans user rows. Every user event also adds to its (account, day) row, so
-    # the day rows cover every new user row.
+    # One statement for both: the users' activity bitmaps (user_bits) and the day
+    # rows. Every user event also adds to its (account, day) row, so there are day
+    # rows whenever there are users.
     keys = sorted(d.days)
     if keys:
-        ud = sorted(d.user_days)
         columns = list(zip(*(d.days[k] for k in keys), strict=True))
         # Only the counters some row of the batch adds to (most event types touch
         # one or two): a column of zeros would cost its encoding and its update.
@@ -233,29 +271,33 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
             (c, "float8[]", col) if c in DAY_FLOATS else (c, "text::int[]", int_array(col))
             for c, col in used
         ]
-        unnest_cols = "".join(f", ${i + 6}::{cast}" for i, (_, cast, _) in enumerate(sent))
+        day_args: list[Any] = []
+        users_sql = ""
+        if d.user_days:
+            accounts_, users_, last_days, maps = user_bits(d.user_days)
+            day_args = [text_array(accounts_), text_array(users_), last_days, text_array(maps)]
+            users_sql = f"""WITH users AS (
+                  INSERT INTO scoring_account_users AS t (account_id, user_id, last_day, days)
+                  SELECT a, u, l, b::varbit::bit({USER_DAY_BITS})
+                  FROM unnest($1::text::text[], $2::text::text[], $3::date[], $4::text::text[])
+                    AS x(a, u, l, b)
+                  ON CONFLICT (account_id, user_id) DO UPDATE SET {_MERGE_USER_BITS}
+                  WHERE EXCLUDED.last_day > t.last_day
+                     OR (t.days | (EXCLUDED.days >> (t.last_day - EXCLUDED.last_day)))
+                        <> t.days)
+                """
+        first = len(day_args) + 1
+        day_args += [text_array([k[0] for k in keys]), [k[1] for k in keys]]
+        day_args += [value for _, _, value in sent]
+        unnest_cols = "".join(f", ${first + 2 + i}::{cast}" for i, (_, cast, _) in enumerate(sent))
         counters = "".join(f", {c}" for c, _ in used)
-        adds = "".join(f", {c} = t.{c} + EXCLUDED.{c}" for c, _ in used)
+        adds = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c, _ in used)
+        on_conflict = f"DO UPDATE SET {adds}" if adds else "DO NOTHING"
         await pg.execute(
-            f"""WITH new_users AS (
-                  INSERT INTO scoring_user_days (account_id, day, user_id)
-                  SELECT * FROM unnest($1::text::text[], $2::date[], $3::text::text[])
-                  ON CONFLICT DO NOTHING RETURNING account_id, day),
-                n AS (SELECT account_id, day, count(*)::int AS users FROM new_users
-                      GROUP BY account_id, day)
-                INSERT INTO scoring_account_days AS t (account_id, day, active_users{counters})
-                SELECT x.account_id, x.day, COALESCE(n.users, 0){counters}
-                FROM unnest($4::text::text[], $5::date[]{unnest_cols})
-                  AS x(account_id, day{counters})
-                LEFT JOIN n ON n.account_id = x.account_id AND n.day = x.day
-                ON CONFLICT (account_id, day) DO UPDATE SET
-                  active_users = t.active_users + EXCLUDED.active_users{adds}""",
-            text_array([r[0] for r in ud]),
-            [r[1] for r in ud],
-            text_array([r[2] for r in ud]),
-            text_array([k[0] for k in keys]),
-            [k[1] for k in keys],
-            *(value for _, _, value in sent),
+            f"""{users_sql}INSERT INTO scoring_account_days AS t (account_id, day{counters})
+                SELECT * FROM unnest(${first}::text::text[], ${first + 1}::date[]{unnest_cols})
+                ON CONFLICT (account_id, day) {on_conflict}""",
+            *day_args,
         )
 
     if d.feature_days:
@@ -365,21 +407,28 @@ sc AS MATERIALIZED (SELECT account_id, revision, as_of, score, band, kpis FROM s
   WHERE account_id = ANY($1::text[])),
 pub AS MATERIALIZED (SELECT account_id, revision FROM scoring_published
   WHERE account_id = ANY($1::text[])),
-uu AS (  -- one row per active user: distinct counts below without sorting user ids
-  SELECT account_id, user_id, max(day) AS last_day, bool_or(day <= $2::date - 28) AS early
-  FROM scoring_user_days
-  WHERE account_id = ANY($1::text[]) AND day BETWEEN $2::date - 34 AND $2::date
-  GROUP BY account_id, user_id),
-u AS (
+u AS (  -- one row per user active in the window, its days as a bitmap (apply_deltas):
+  -- bit p is the day last_day - p, so as_of is bit off = last_day - as_of; the
+  -- window's days from the later of as_of and last_day back (lo: where they start)
   SELECT account_id,
-    count(*) FILTER (WHERE last_day = $2::date) AS dau,
-    count(*) FILTER (WHERE last_day > $2::date - 7) AS wau,
-    count(*) FILTER (WHERE last_day > $2::date - 30) AS mau,
-    count(*) FILTER (WHERE early) AS users_d34_d28
-  FROM uu GROUP BY account_id),
+    count(*) FILTER (WHERE today) AS dau,
+    count(*) FILTER (WHERE bit_count(w7) > 0) AS wau,
+    count(*) FILTER (WHERE bit_count(w30) > 0) AS mau,
+    count(*) FILTER (WHERE bit_count(d28_34) > 0) AS users_d34_d28,
+    sum(bit_count(w30)) AS user_days_30d
+  FROM (
+    SELECT account_id,
+      CASE WHEN off >= 0 THEN get_bit(days, off) = 1 ELSE false END AS today,
+      substring(days FROM lo + 1 FOR greatest(0, off + 7 - lo)) AS w7,
+      substring(days FROM lo + 1 FOR greatest(0, off + 30 - lo)) AS w30,
+      substring(days FROM lo28 + 1 FOR greatest(0, off + 35 - lo28)) AS d28_34
+    FROM (SELECT account_id, days, last_day - $2::date AS off,
+            greatest(last_day - $2::date, 0) AS lo, greatest(last_day - $2::date + 28, 0) AS lo28
+          FROM scoring_account_users
+          WHERE account_id = ANY($1::text[]) AND last_day >= $2::date - 34) x) y
+  GROUP BY account_id),
 d AS (
   SELECT account_id,
-    sum(active_users) FILTER (WHERE day > $2::date - 30) AS user_days_30d,
     sum(session_seconds) FILTER (WHERE day > $2::date - 30) AS session_seconds_30d,
     sum(touchpoints) FILTER (WHERE day > $2::date - 30) AS touchpoints_30d,
     sum(support_tickets) FILTER (WHERE day > $2::date - 30) AS support_tickets_30d,
@@ -424,7 +473,7 @@ ch AS (
 SELECT a.account_id,
   acc.name, acc.seats_purchased, acc.lifecycle_stage, acc.onboarding_completed_at, acc.csm,
   acc.plan, acc.arr, acc.renewal_date,
-  u.dau, u.wau, u.mau, u.users_d34_d28, d.user_days_30d, d.session_seconds_30d,
+  u.dau, u.wau, u.mau, u.users_d34_d28, u.user_days_30d, d.session_seconds_30d,
   d.touchpoints_30d, d.support_tickets_30d, d.escalations_30d, d.sentiment_sum_30d,
   d.sentiment_count_30d, d.nps_promoters_90d, d.nps_detractors_90d, d.nps_responses_90d,
   f.features_used_30d, f.key_features_used_30d, s.inbound_contacts_30d,

@@ -4,7 +4,8 @@ The window tables are bucketed by day so the cost of applying an event never
 depends on how much history exists (see docs/scoring.md, "Storage"):
 
 - ``scoring_account_days``   one row per (account, day): counters and sums
-- ``scoring_user_days``      one row per (account, day, active user)
+- ``scoring_account_users``  one row per (account, user): last active day and a
+                             bitmap of its active days back from it
 - ``scoring_feature_days``   one row per (account, day, feature used)
 - ``scoring_contacts``       one row per (account, contact): role, left_company, …
 - ``scoring_contact_days``   one row per (account, day, contact): inbound/outbound touches
@@ -36,7 +37,7 @@ consumer_offsets = Table(
 WINDOW_TABLES: tuple[str, ...] = (
     "scoring_accounts",
     "scoring_account_days",
-    "scoring_user_days",
+    "scoring_account_users",
     "scoring_feature_days",
     "scoring_contacts",
     "scoring_contact_days",

@@ -283,7 +283,7 @@ async def test_the_window_read_finds_accounts_by_key_whatever_the_list_indexes(
         "pk_scoring_scores",
         "pk_scoring_published",
         "pk_scoring_account_days",
-        "pk_scoring_user_days",
+        "pk_scoring_account_users",
         "pk_scoring_feature_days",
         "pk_scoring_contact_days",
         "pk_scoring_contacts",
