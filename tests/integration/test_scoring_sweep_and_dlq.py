@@ -196,13 +196,24 @@ async def test_pruning_forgets_old_ids_and_buckets_only(stack: Stack) -> None:
             now.date() - timedelta(days=401),
             now.date() - timedelta(days=399),
         )
+        await pg.execute(
+            "INSERT INTO scoring_account_users (account_id, user_id, last_day, days) VALUES"
+            " ('pruned', 'gone', $1, B'1'::varbit::bit(448)),"
+            " ('pruned', 'kept', $2, B'1'::varbit::bit(448))",
+            now.date() - timedelta(days=401),
+            now.date() - timedelta(days=399),
+        )
         await store.prune_processed(pg, now)
         ids = await pg.fetch(
             "SELECT event_id FROM scoring_processed_events WHERE event_id LIKE '%-id'"
         )
         days = await pg.fetch("SELECT day FROM scoring_account_days WHERE account_id = 'pruned'")
+        users = await pg.fetch(
+            "SELECT user_id FROM scoring_account_users WHERE account_id = 'pruned'"
+        )
     assert [r[0] for r in ids] == ["new-id"]
     assert [r[0] for r in days] == [now.date() - timedelta(days=399)]
+    assert [r[0] for r in users] == ["kept"]  # a user last active 401 days ago is forgotten
 
 
 async def test_two_sweepers_share_the_work_without_double_evaluation(stack: Stack) -> None:
