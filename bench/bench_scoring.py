@@ -28,6 +28,7 @@ import psutil
 from bench.context import BenchContext, Row, Steady
 from bench.prom import delta, quantile, scrape, total
 from services.scoring import store
+from services.scoring.buckets import fold
 from services.scoring.clock import SystemClock
 from services.scoring.consumer import new_producer, run_consumer
 from services.scoring.evaluation import evaluate_accounts
@@ -335,6 +336,42 @@ async def evaluation_us(settings: ScoringSettings, accounts: list[str]) -> float
         await pg.close()
 
 
+LARGE_ACCOUNTS = (20, 300, 1_000)  # daily users of the large-account rows
+
+
+async def large_account_evaluation_us(settings: ScoringSettings, users: int) -> float:
+    """One evaluation of an account whose ``users`` users each log in on 70 % of
+    the last 35 days (applied through the consumer's fold and upsert, then
+    vacuumed), µs: the cost an account's size adds to each of its evaluations."""
+    account = f"large{users}"
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    events = [
+        decode_event(
+            orjson.dumps(
+                {
+                    "id": f"{account}-{u}-{back}",
+                    "type": "login",
+                    "account_id": account,
+                    "user_id": f"u{u}",
+                    "timestamp": (today - timedelta(days=back)).isoformat(),
+                    "received_at": today.isoformat(),
+                }
+            )
+        )
+        for back in range(35)
+        for u in range(users)
+        if (u + back) % 10 < 7
+    ]
+    pg = await asyncpg.connect(store.dsn(settings.database_url))
+    try:
+        async with pg.transaction():
+            await store.apply_deltas(pg, fold(events))
+    finally:
+        await pg.close()
+    await vacuum(settings)
+    return await evaluation_us(settings, [account])
+
+
 def _evaluations() -> float:
     """Event-triggered account evaluations committed so far in this process."""
     from services.scoring.metrics import ACCOUNTS_SCORED
@@ -489,7 +526,22 @@ async def run(ctx: BenchContext) -> list[Row]:
         )
     )
 
-    # 4. latency at a steady 2,000 events/s, through a real scoring process
+    # 4. large accounts: what an account's daily users add to each of its evaluations
+    large = await setup(ctx, "large_accounts")
+    cost = {u: await large_account_evaluation_us(large, u) for u in LARGE_ACCOUNTS}
+    for u in LARGE_ACCOUNTS[1:]:
+        rows.append(
+            Row(
+                "scoring",
+                f"one evaluation of an account with {u:,} daily users",
+                cost[u],
+                "µs",
+                f"vs {cost[LARGE_ACCOUNTS[0]]:.0f} with {LARGE_ACCOUNTS[0]} users; each user"
+                " active on 70 % of 35 days; median of 3, rolled back",
+            )
+        )
+
+    # 5. latency at a steady 2,000 events/s, through a real scoring process
     rate, seconds = 2_000, (3 if ctx.quick else 10)
     p50, p95, p99, rss = await steady_latency(ctx, rate, seconds)
     rows.append(
