@@ -33,15 +33,3 @@ consumer_offsets = Table(
     Column("partition", Integer, primary_key=True),
     Column("next_offset", BigInteger, nullable=False),
 )
-
-WINDOW_TABLES: tuple[str, ...] = (
-    "scoring_accounts",
-    "scoring_account_days",
-    "scoring_account_users",
-    "scoring_feature_days",
-    "scoring_contacts",
-    "scoring_contact_days",
-    "scoring_processed_events",
-    "scoring_scores",
-    "scoring_history",
-)

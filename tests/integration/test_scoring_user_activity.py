@@ -16,7 +16,8 @@ import asyncpg
 from alembic import command
 
 from services.scoring import store, windows
-from services.scoring.buckets import PRODUCT_EVENTS, BatchDeltas
+from services.scoring.buckets import BatchDeltas, fold
+from shared.events import EVENT_ADAPTER
 from shared.migrate import alembic_config, upgrade
 from tests.infra import Infra, drop_database, new_database
 from tests.integration.scoring_support import settings_from
@@ -41,14 +42,22 @@ def _activity(rnd: random.Random) -> Activity:
 
 
 def _deltas(batch: list[tuple[str, str, date]]) -> BatchDeltas:
-    """What ``buckets.fold`` makes of logins for these (account, user, day)."""
-    d = BatchDeltas()
-    for account, user, day in batch:
-        d.user_days.add((account, day, user))
-        d._day(account, day)[PRODUCT_EVENTS] += 1
-        d.last_event_day[account] = max(day, d.last_event_day.get(account, day))
-        d.first_event_day[account] = min(day, d.first_event_day.get(account, day))
-    return d
+    """The consumer's deltas (``buckets.fold``) of one login per (account, user, day)."""
+    return fold(
+        [
+            EVENT_ADAPTER.validate_python(
+                {
+                    "id": f"{account}-{user}-{day}",
+                    "type": "login",
+                    "account_id": account,
+                    "user_id": user,
+                    "timestamp": f"{day.isoformat()}T12:00:00+00:00",
+                    "received_at": f"{T.isoformat()}T12:00:00+00:00",
+                }
+            )
+            for account, user, day in batch
+        ]
+    )
 
 
 def _expected(pairs: list[tuple[str, date]], as_of: date) -> dict[str, int]:
