@@ -545,17 +545,20 @@ def _i(v: Any) -> int:
 # - the account array hidden from the estimates (``(SELECT $1)`` in the query): a
 #   constant array is estimated element by element against each filtered
 #   column's statistics, so planning grew with the round (1,000 accounts: 11.7 ms
-#   planning for 12.7 ms of execution; now 1.0 ms, the same rows). The window
-#   aggregates are then joined by merge joins (each read once), as measured for
-#   rounds of 40 to 1,000 accounts. Not with ``enable_nestloop = off`` to make sure:
-#   these settings hold for the rest of the transaction, and the score UPDATE after
-#   the read then hash-joined a scan of every score instead of probing its keys
-#   (PostgreSQL's CPU per event at 2,000 events/s: +8 %).
+#   planning for 12.7 ms of execution; now 1.0 ms, the same rows). The tables'
+#   row counts are then guesses, so
+# - no nested loops: on tables not analysed yet (a new deployment, the
+#   100k-accounts bench) the planner joined the round's inbound contacts to their
+#   contacts by a nested loop that took 10.5 of the read's 24 ms for 1,000
+#   accounts (14 ms without). Only for the read (_AFTER_READ): the score UPDATE after
+#   it must probe its keys; with nested loops off it hash-joined a scan of every
+#   score (PostgreSQL's CPU per event at 2,000 events/s: +8 %).
 _READ_SETTINGS = (
     "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL jit = off;"
-    " SET LOCAL random_page_cost = 1.1;"
+    " SET LOCAL random_page_cost = 1.1; SET LOCAL enable_nestloop = off;"
     " SET LOCAL join_collapse_limit = 1; SET LOCAL from_collapse_limit = 1"
 )
+_AFTER_READ = "SET LOCAL enable_nestloop TO DEFAULT"
 
 
 async def load_states(
@@ -566,6 +569,7 @@ async def load_states(
         return []
     await pg.execute(_READ_SETTINGS)
     rows = await pg.fetch(_AGGREGATES_SQL, list(account_ids), as_of, list(key_features))
+    await pg.execute(_AFTER_READ)
     out = []
     for r in rows:
         refs = tuple(x for x in (r["champion_reference_days"] or []) if x is not None)
