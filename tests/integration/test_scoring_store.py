@@ -44,6 +44,20 @@ async def test_the_window_read_is_never_jit_compiled(env: dict[str, str]) -> Non
     assert after == "auto"
 
 
+async def test_the_window_reads_planner_settings_end_with_the_read(env: dict[str, str]) -> None:
+    """The read is planned without nested loops (its row counts are guesses), but
+    the score writes after it in the same transaction update rows by key, which is
+    a nested loop: left off, the UPDATE hash-joined a scan of every score row."""
+    pool = await store.create_pool(settings_from(env).database_url, size=1)
+    try:
+        async with pool.acquire() as pg, pg.transaction():
+            await store.load_states(pg, ["nobody"], date(2026, 1, 1), [])
+            after_read = await pg.fetchval("SELECT current_setting('enable_nestloop')")
+    finally:
+        await pool.close()
+    assert after_read == "on"
+
+
 @contextlib.asynccontextmanager
 async def _rolled_back(env: dict[str, str]) -> AsyncIterator[Any]:
     """A connection inside a transaction that is rolled back: rows a test inserts
