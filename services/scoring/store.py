@@ -395,22 +395,23 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
 # ---------------------------------------------------------------- window reads
 
-_AGGREGATES_SQL = """
+# The round's accounts as the window tables' filters take them: through a subquery,
+# a value the planner cannot see, instead of a constant whose every element it would
+# estimate against the statistics of each filter (see _READ_SETTINGS).
+_ROUND = "(SELECT $1::text[])::text[]"
+
+_AGGREGATES_SQL = f"""
 WITH a AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
 -- The per-account tables are read by key (= ANY), never scanned: they take an
 -- update per batch or evaluation, and a scan would pay for every dead row
 -- autovacuum has not reclaimed yet (it grew latency under sustained load).
 -- MATERIALIZED: read once for the whole array; inlined, the planner probed the
 -- index once per account with the whole array again (quadratic in the batch).
--- The tables take the array through a subquery, (SELECT $1)::text[]: a value the
--- planner cannot see, instead of a constant whose every element it would estimate
--- against the statistics of each filter (see _READ_SETTINGS).
-acc AS MATERIALIZED (SELECT * FROM scoring_accounts
-  WHERE account_id = ANY((SELECT $1::text[])::text[])),
+acc AS MATERIALIZED (SELECT * FROM scoring_accounts WHERE account_id = ANY({_ROUND})),
 sc AS MATERIALIZED (SELECT account_id, revision, as_of, score, band, kpis FROM scoring_scores
-  WHERE account_id = ANY((SELECT $1::text[])::text[])),
+  WHERE account_id = ANY({_ROUND})),
 pub AS MATERIALIZED (SELECT account_id, revision FROM scoring_published
-  WHERE account_id = ANY((SELECT $1::text[])::text[])),
+  WHERE account_id = ANY({_ROUND})),
 u AS (  -- one row per user active in the window, its days as a bitmap (apply_deltas):
   -- bit p is the day last_day - p, so as_of is bit off = last_day - as_of; the
   -- window's days from the later of as_of and last_day back (lo: where they start)
@@ -429,7 +430,7 @@ u AS (  -- one row per user active in the window, its days as a bitmap (apply_de
     FROM (SELECT account_id, days, last_day - $2::date AS off,
             greatest(last_day - $2::date, 0) AS lo, greatest(last_day - $2::date + 28, 0) AS lo28
           FROM scoring_account_users
-          WHERE account_id = ANY((SELECT $1::text[])::text[]) AND last_day >= $2::date - 34) x) y
+          WHERE account_id = ANY({_ROUND}) AND last_day >= $2::date - 34) x) y
   GROUP BY account_id),
 d AS (
   SELECT account_id,
@@ -443,11 +444,11 @@ d AS (
     sum(nps_detractors) AS nps_detractors_90d,
     sum(nps_responses) AS nps_responses_90d
   FROM scoring_account_days
-  WHERE account_id = ANY((SELECT $1::text[])::text[]) AND day BETWEEN $2::date - 89 AND $2::date
+  WHERE account_id = ANY({_ROUND}) AND day BETWEEN $2::date - 89 AND $2::date
   GROUP BY account_id),
 ff AS (  -- one row per feature used (as uu: no DISTINCT sorting each account's rows)
   SELECT account_id, feature FROM scoring_feature_days
-  WHERE account_id = ANY((SELECT $1::text[])::text[]) AND day BETWEEN $2::date - 29 AND $2::date
+  WHERE account_id = ANY({_ROUND}) AND day BETWEEN $2::date - 29 AND $2::date
   GROUP BY account_id, feature),
 f AS (
   SELECT account_id, count(*) AS features_used_30d,
@@ -455,13 +456,12 @@ f AS (
   FROM ff GROUP BY account_id),
 ss AS (  -- one row per contact heard from, joined to its contact once (not per day)
   SELECT account_id, contact_id FROM scoring_contact_days
-  WHERE account_id = ANY((SELECT $1::text[])::text[])
-    AND day BETWEEN $2::date - 29 AND $2::date AND inbound > 0
+  WHERE account_id = ANY({_ROUND}) AND day BETWEEN $2::date - 29 AND $2::date AND inbound > 0
   GROUP BY account_id, contact_id),
 s AS (
   SELECT ss.account_id, count(*) AS inbound_contacts_30d
   FROM ss JOIN scoring_contacts c ON c.account_id = ss.account_id AND c.contact_id = ss.contact_id
-  WHERE c.account_id = ANY((SELECT $1::text[])::text[]) AND NOT c.left_company
+  WHERE c.account_id = ANY({_ROUND}) AND NOT c.left_company
   GROUP BY ss.account_id),
 ch AS (
   SELECT c.account_id,
@@ -473,7 +473,7 @@ ch AS (
       FILTER (WHERE c.role = 'champion' AND NOT c.left_company) AS champion_reference_days,
     bool_or(c.was_champion AND c.left_company) AS former_champion_left
   FROM scoring_contacts c
-  WHERE c.account_id = ANY((SELECT $1::text[])::text[]) AND (c.role = 'champion' OR c.was_champion)
+  WHERE c.account_id = ANY({_ROUND}) AND (c.role = 'champion' OR c.was_champion)
   GROUP BY c.account_id)
 SELECT a.account_id,
   acc.name, acc.seats_purchased, acc.lifecycle_stage, acc.onboarding_completed_at, acc.csm,
