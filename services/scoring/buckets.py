@@ -16,6 +16,7 @@ The fold is where each event type's meaning for the windows lives:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -105,9 +106,10 @@ class BatchDeltas:
         return row
 
 
-def fold(events: list[Event]) -> BatchDeltas:
-    """Aggregate (already deduplicated) events, in processing order."""
-    out = BatchDeltas()
+def fold(events: Iterable[Event], into: BatchDeltas | None = None) -> BatchDeltas:
+    """Aggregate (already deduplicated) events, in processing order; ``into``: add
+    them to these deltas (a batch folded in parts is the same as folded at once)."""
+    out = BatchDeltas() if into is None else into
     for ev in events:
         acc = ev.account_id
         day = event_day(ev)

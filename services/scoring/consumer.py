@@ -192,6 +192,27 @@ async def store_offsets(
         raise Fenced(f"offsets of {len(tps) - len(rows)} partition(s) moved past this batch")
 
 
+def received_times(events: Iterable[Event]) -> dict[str, Counter[float]]:
+    """Per account, how many of ``events`` were received at each time (s): the
+    event→score latency is observed from these once the account's score commits.
+    Events come in runs of one receive time (ingest stamps a request's events
+    alike): each run is converted once (``datetime.timestamp`` costs ~0.5 µs)."""
+    out: dict[str, Counter[float]] = {}
+    last_at: datetime | None = None
+    last = 0.0
+    for ev in events:
+        at = ev.received_at
+        assert at is not None  # decode_event guarantees it
+        if at != last_at:
+            last_at, last = at, at.timestamp()
+        times = out.get(ev.account_id)
+        if times is None:
+            out[ev.account_id] = Counter({last: 1})
+        else:
+            times[last] += 1
+    return out
+
+
 def decode(raw: bytes | None) -> Event:
     """:func:`decode_event` plus what Postgres cannot store (NUL in text)."""
     if raw is not None and b"\\u0000" in raw:
@@ -309,7 +330,8 @@ class Prepared:
     """A decoded batch, ready to apply."""
 
     unique: dict[str, tuple[Event, str]]  # event id → (event, topic), first occurrence
-    deltas: BatchDeltas
+    statements: list[store.Statement]  # the windows' upserts of every unique event
+    received: dict[str, Counter[float]]  # per account, its unique events' receive times
     offsets: dict[TopicPartition, int]  # next offset per partition
     first: dict[TopicPartition, int]  # first offset per partition (fencing)
     size: int
@@ -446,8 +468,19 @@ class BatchProcessor:
                 unique[ev.id] = (ev, topic)
         for topic, n in in_batch_duplicates.items():
             EVENTS.labels(topic, "duplicate").inc(n)
-        deltas = fold([ev for ev, _ in unique.values()])
-        return Prepared(unique, deltas, offsets, first, size, started)
+        # Folded and encoded in parts, yielding in between: the batch being applied
+        # meanwhile is the pipeline's critical path, and each of its statements
+        # waits for the event loop once its previous one returns.
+        fresh = [ev for ev, _ in unique.values()]
+        deltas = BatchDeltas()
+        for i in range(0, len(fresh), YIELD_EVERY):
+            fold(itertools.islice(fresh, i, i + YIELD_EVERY), into=deltas)
+            await asyncio.sleep(0)
+        statements = []
+        for statement in store.window_statements(deltas):
+            statements.append(statement)
+            await asyncio.sleep(0)
+        return Prepared(unique, statements, received_times(fresh), offsets, first, size, started)
 
     async def apply(
         self, batch: Prepared, after: Applying | None = None
@@ -480,25 +513,20 @@ class BatchProcessor:
                 if after.task.cancelled() or after.task.exception() is not None:
                     raise Abandoned("the batch before this one did not commit")
             if len(new) == len(ids):
-                fresh, deltas = list(unique.values()), batch.deltas
+                fresh, statements = list(unique.values()), batch.statements
             else:  # client resends of events applied in an earlier batch: fold again
                 fresh = [unique[i] for i in ids if i in new]
-                deltas = fold([ev for ev, _ in fresh])
-            await store.apply_deltas(pg, deltas)
+                statements = list(store.window_statements(fold([ev for ev, _ in fresh])))
+            await store.apply_deltas(pg, statements)
             if batch.offsets:
                 await store_offsets(pg, batch.offsets, batch.first)
             return fresh
 
         fresh = await in_transaction(self.pool, work)
         applied = Counter(topic for _, topic in fresh)
-        touched: dict[str, list[float]] = {}  # receive times of each account's events
-        for ev, _ in fresh:
-            assert ev.received_at is not None
-            times = touched.get(ev.account_id)
-            if times is None:
-                touched[ev.account_id] = [ev.received_at.timestamp()]
-            else:
-                times.append(ev.received_at.timestamp())
+        touched = (
+            batch.received if len(fresh) == len(unique) else received_times([ev for ev, _ in fresh])
+        )
         for account in sorted(touched):
             self.pending.add(account, touched[account])
         if len(fresh) < len(unique):  # seen in an earlier batch (client resend)

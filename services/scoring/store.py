@@ -9,7 +9,7 @@ CONFLICT DO UPDATE``: one round trip per table per batch, whatever its size.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import Enum
@@ -197,8 +197,24 @@ def user_bits(
     return accounts, users, last_days, maps
 
 
-async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
-    """Add one batch's deltas to the windows (one upsert per table)."""
+Statement = tuple[str, list[Any]]  # SQL and its arguments
+
+
+def _statement(sql: str, *args: Any) -> Statement:
+    return sql, list(args)
+
+
+async def apply_deltas(pg: Pg, d: BatchDeltas | Sequence[Statement]) -> None:
+    """Add one batch's deltas to the windows (one upsert per table): ``d`` as
+    :func:`window_statements` has encoded them, or the deltas themselves."""
+    for sql, args in window_statements(d) if isinstance(d, BatchDeltas) else d:
+        await pg.execute(sql, *args)
+
+
+def window_statements(d: BatchDeltas) -> Iterator[Statement]:
+    """The statements that add ``d`` to the windows, one upsert per table, in the
+    order they must run (pure: the consumer encodes a batch's statements while the
+    batch before it is still being applied)."""
     # Accounts first, in key order: this row lock serialises concurrent evaluations
     # of one account (a consumer and a sweep) and the fixed order avoids deadlocks.
     accounts = sorted(d.last_event_day)
@@ -250,7 +266,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
     # the evaluator can tell whether a score reflects everything applied.
     names.append("applied_seq")
     sets.append("applied_seq = t.applied_seq + 1")
-    await pg.execute(
+    yield _statement(
         f"""INSERT INTO scoring_accounts AS t ({", ".join(names)})
             SELECT *, 1 FROM unnest({", ".join(unnest)})
             ON CONFLICT (account_id) DO UPDATE SET {", ".join(sets)}""",
@@ -293,7 +309,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
         counters = "".join(f", {c}" for c, _ in used)
         adds = ", ".join(f"{c} = t.{c} + EXCLUDED.{c}" for c, _ in used)
         on_conflict = f"DO UPDATE SET {adds}" if adds else "DO NOTHING"
-        await pg.execute(
+        yield _statement(
             f"""{users_sql}INSERT INTO scoring_account_days AS t (account_id, day{counters})
                 SELECT * FROM unnest(${first}::text::text[], ${first + 1}::date[]{unnest_cols})
                 ON CONFLICT (account_id, day) {on_conflict}""",
@@ -302,7 +318,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
     if d.feature_days:
         fk = sorted(d.feature_days)
-        await pg.execute(
+        yield _statement(
             """INSERT INTO scoring_feature_days AS t (account_id, day, feature, uses)
                SELECT * FROM unnest($1::text::text[], $2::date[], $3::text::text[],
                                     $4::text::bigint[])
@@ -316,7 +332,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
     contacts = sorted(d.contacts_seen)
     if contacts and not d.contacts:  # seen through communications only: just exist
-        await pg.execute(
+        yield _statement(
             """INSERT INTO scoring_contacts (account_id, contact_id)
                SELECT * FROM unnest($1::text::text[], $2::text::text[]) ON CONFLICT DO NOTHING""",
             text_array([c[0] for c in contacts]),
@@ -365,7 +381,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
                   ELSE t.became_champion_day END""",
         ]
         # COALESCE: a contact first seen through a communication has no left_company yet.
-        await pg.execute(
+        yield _statement(
             f"""INSERT INTO scoring_contacts AS t ({", ".join(c_names)})
                 SELECT account_id, contact_id, role, role_as_of, name, name_as_of, email,
                        email_as_of, COALESCE(left_company, false), left_company_as_of,
@@ -377,7 +393,7 @@ async def apply_deltas(pg: Pg, d: BatchDeltas) -> None:
 
     if d.contact_days:
         ck = sorted(d.contact_days)
-        await pg.execute(
+        yield _statement(
             """INSERT INTO scoring_contact_days AS t
                  (account_id, day, contact_id, inbound, outbound)
                SELECT * FROM unnest($1::text::text[], $2::date[], $3::text::text[],

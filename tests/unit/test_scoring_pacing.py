@@ -164,3 +164,33 @@ def test_an_account_the_running_round_holds_does_not_count_toward_a_second() -> 
     assert p.evaluation_wait(time.monotonic()) is None  # one free account only
     p.pending.release(running)
     assert p.evaluation_wait(time.monotonic()) == 0.0
+
+
+def test_receive_times_are_counted_per_account_and_time() -> None:
+    """What the event→score latency is observed from: per account, how many of its
+    events were received at each time, runs of one time or not."""
+    from datetime import UTC, datetime
+
+    from services.scoring.consumer import received_times
+    from shared.events import EVENT_ADAPTER
+
+    t1, t2 = (datetime(2026, 12, 4, 10, 0, s, tzinfo=UTC) for s in (1, 2))
+
+    def login(i: int, account: str, at: datetime) -> Any:
+        return EVENT_ADAPTER.validate_python(
+            {
+                "id": f"e{i}",
+                "type": "login",
+                "account_id": account,
+                "user_id": "u",
+                "timestamp": at.isoformat(),
+                "received_at": at.isoformat(),
+            }
+        )
+
+    seq = [("a", t1), ("b", t1), ("a", t1), ("a", t2), ("b", t2), ("a", t1)]
+    got = received_times([login(i, acc, at) for i, (acc, at) in enumerate(seq)])
+    assert got == {
+        "a": Counter({t1.timestamp(): 3, t2.timestamp(): 1}),
+        "b": Counter({t1.timestamp(): 1, t2.timestamp(): 1}),
+    }

@@ -94,3 +94,39 @@ def test_latest_attribute_by_timestamp_wins_within_a_batch() -> None:
     assert out.accounts["a"].values["seats_purchased"][1] == 10
     assert out.accounts["a"].values["plan"][1] == "pro"  # only fields that were set count
     assert "name" not in out.accounts["a"].values
+
+
+_mixed = st.lists(
+    st.one_of(
+        st.tuples(st.just("login"), days, st.sampled_from(["u1", "u2"])),
+        st.tuples(st.just("feature_used"), days, st.sampled_from(["f1", "f2"])),
+        st.tuples(st.just("communication"), days, st.sampled_from(["inbound", "outbound"])),
+        st.tuples(st.just("account_updated"), days, st.integers(0, 50)),
+        st.tuples(st.just("contact_updated"), days, st.sampled_from(["champion", "user"])),
+    ),
+    max_size=30,
+)
+
+
+def _mixed_event(i: int, kind: str, day: date, x: object) -> object:
+    extra: dict[str, object] = {
+        "login": {"user_id": x},
+        "feature_used": {"user_id": "u1", "feature": x},
+        "communication": {"channel": "email", "direction": x, "contact_id": "c1"},
+        "account_updated": {"seats_purchased": x},
+        "contact_updated": {"contact_id": "c1", "role": x},
+    }[kind]
+    return _ev(i, day, type=kind, **extra)
+
+
+@given(_mixed, st.integers(0, 30))
+def test_a_batch_folded_in_parts_is_the_batch_folded_at_once(
+    kinds: list[tuple[str, date, object]], cut: int
+) -> None:
+    """The consumer folds a batch in parts (yielding to the event loop in between):
+    every delta, attribute updates included, is what one fold of it gives."""
+    evs = [_mixed_event(i, *k) for i, k in enumerate(kinds)]
+    whole = fold(evs)  # type: ignore[arg-type]
+    parts = fold(evs[:cut])  # type: ignore[arg-type]
+    assert fold(evs[cut:], into=parts) is parts  # type: ignore[arg-type]
+    assert parts == whole
