@@ -12,7 +12,6 @@ them alike; the ratio rows give the lowest and highest per-round ratio too.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.context import BenchContext, Row
+from bench.context import BenchContext, Row, process_cpu_seconds
 from services.ingest.settings import IngestSettings
 from shared.kafka import ensure_topics, make_producer
 from tests.infra import BOOTSTRAP_KEY, ServiceProcess
@@ -70,13 +69,6 @@ def make_events(n: int, tag: str) -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Connection:

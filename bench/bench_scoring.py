@@ -17,6 +17,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
@@ -25,7 +26,13 @@ import asyncpg
 import orjson
 import psutil
 
-from bench.context import BenchContext, Row, Steady
+from bench.context import (
+    BenchContext,
+    Row,
+    Steady,
+    postgres_cpu_seconds,
+    process_cpu_seconds,
+)
 from bench.prom import delta, quantile, scrape, total
 from services.scoring import store
 from services.scoring.buckets import fold
@@ -541,40 +548,94 @@ async def run(ctx: BenchContext) -> list[Row]:
             )
         )
 
-    # 5. latency at a steady 2,000 events/s, through a real scoring process
+    # 5. a steady 2,000 events/s through a real scoring process: latency, and the
+    # cost per event with 1k vs 100k accounts (every account scored before)
     rate, seconds = 2_000, (3 if ctx.quick else 10)
-    p50, p95, p99, rss = await steady_latency(ctx, rate, seconds)
+    narrow = await steady_latency(ctx, rate, seconds)
     rows.append(
         Row(
             "scoring",
             "event accepted → score committed p50 / p95",
-            p50 * 1000,
+            narrow.p50 * 1000,
             "ms",
-            f"p95 {p95 * 1000:,.0f} ms; {rate:,}/s for {seconds} s, 1k accounts",
+            f"p95 {narrow.p95 * 1000:,.0f} ms; {rate:,}/s for {seconds} s, 1k accounts",
         )
     )
     rows.append(
         Row(
             "scoring",
             "event accepted → score committed p99",
-            p99 * 1000,
+            narrow.p99 * 1000,
             "ms",
             f"{rate:,}/s for {seconds} s; goal < 500 ms",
         )
     )
     rows.append(
-        Row("scoring", "RSS of the scoring process after the run", rss, "MiB", "goal < 300 MB")
+        Row(
+            "scoring",
+            "RSS of the scoring process after the run",
+            narrow.rss,
+            "MiB",
+            "goal < 300 MB",
+        )
     )
+    wide = await steady_latency(ctx, rate, seconds, accounts=100_000)
+    rows.append(
+        Row(
+            "scoring",
+            "same rate over 100k accounts: event → score p99",
+            wide.p99 * 1000,
+            "ms",
+            f"p50 {wide.p50 * 1000:,.0f}, p95 {wide.p95 * 1000:,.0f} ms",
+        )
+    )
+    for name, run_ in (("1k", narrow), ("100k", wide)):
+        pg = "n/a" if run_.postgres_cpu is None else f"{run_.postgres_cpu:,.0f}"
+        rows.append(
+            Row(
+                "scoring",
+                f"steady {rate:,}/s, {name} accounts: CPU per event, scoring process",
+                run_.scoring_cpu,
+                "µs",
+                f"PostgreSQL {pg} µs; {run_.evaluations:.2f} evaluations per event",
+            )
+        )
+    if narrow.postgres_cpu is not None and wide.postgres_cpu is not None:
+        ratio = (wide.scoring_cpu + wide.postgres_cpu) / (narrow.scoring_cpu + narrow.postgres_cpu)
+        rows.append(
+            Row(
+                "scoring",
+                f"steady {rate:,}/s: CPU per event (scoring + PostgreSQL), 100k vs 1k accounts",
+                ratio,
+                "x",
+                "the cost per event of a live stream, with every account scored before",
+            )
+        )
     return rows
 
 
+@dataclass
+class SteadyRun:
+    """What a steady-rate run measured (:func:`steady_latency`)."""
+
+    p50: float  # event → score committed, s
+    p95: float
+    p99: float
+    rss: float  # MiB of the scoring process after the run
+    evaluations: float  # per event (trigger "events")
+    scoring_cpu: float  # µs per event, the scoring process
+    postgres_cpu: float | None  # µs per event, the PostgreSQL server (None: not local)
+
+
 async def steady_latency(
-    ctx: BenchContext, rate: int, seconds: int, **extra_env: str
-) -> tuple[float, float, float, float]:
-    """Events produced at a steady ``rate`` (1k accounts) into a real scoring
-    process (its own CPU and event loop, as deployed), after the group has joined;
-    returns p50, p95, p99 of event→score (s, from its histogram) and its RSS (MiB)."""
-    url = await ctx.database("scoring_latency")
+    ctx: BenchContext, rate: int, seconds: int, accounts: int = 1_000, **extra_env: str
+) -> SteadyRun:
+    """Events produced at a steady ``rate`` over ``accounts`` accounts into a real
+    scoring process (its own CPU and event loop, as deployed), once it has scored
+    every account (one login each, then ``VACUUM ANALYZE``: a live deployment's
+    state, not a first run's), and event→score (from its histogram), its RSS and
+    the CPU per event it and PostgreSQL used over the steady phase."""
+    url = await ctx.database(f"scoring_latency_{accounts}")
     env = ctx.env(url, ctx.topic_prefix(), **extra_env)
     with mock.patch.dict(os.environ, env):
         settings = ScoringSettings()
@@ -585,52 +646,66 @@ async def steady_latency(
     await producer.start()
     pool = await store.create_pool(settings.database_url, size=1)
     hist = "healthscore_scoring_event_to_score_seconds"
-    try:
+    scored = "healthscore_scoring_accounts_scored_total"
+
+    def login(i: str, account: str) -> tuple[bytes, bytes]:
         now = datetime.now(UTC).isoformat()
-        warm = {
-            "id": "warm",
+        ev = {
+            "id": i,
             "type": "login",
-            "account_id": "warm",
-            "user_id": "u",
+            "account_id": account,
+            "user_id": f"u{rnd.randrange(20)}",
             "timestamp": now,
             "received_at": now,
         }
-        await producer.send_and_wait(settings.topics.product, orjson.dumps(warm), key=b"warm")
-        for _ in range(1200):  # the group join takes a few seconds on tansu
-            if await pool.fetchval("SELECT count(*) FROM scoring_scores"):
+        return orjson.dumps(ev), account.encode()
+
+    rnd = random.Random(5)
+    try:
+        for k in range(accounts):
+            value, key = login(f"w{k}", f"a{k}")
+            await producer.send(settings.topics.product, value, key=key)
+        await producer.flush()
+        for _ in range(2400):  # the group join takes a few seconds on tansu
+            if await pool.fetchval("SELECT count(*) FROM scoring_scores") >= accounts:
                 break
             await asyncio.sleep(0.05)
+        await vacuum(settings)
+        assert svc.proc is not None
+        backend = int(await pool.fetchval("SELECT pg_backend_pid()"))
         before = scrape(svc.url)
-        rnd = random.Random(5)
+        cpu_before = process_cpu_seconds(svc.proc.pid), postgres_cpu_seconds(backend)
         steady = rate * seconds
         t0 = time.perf_counter()
         for i in range(steady):
             delay = t0 + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            now = datetime.now(UTC).isoformat()
-            ev = {
-                "id": f"l{i}",
-                "type": "login",
-                "account_id": f"a{rnd.randrange(1000)}",
-                "user_id": f"u{rnd.randrange(20)}",
-                "timestamp": now,
-                "received_at": now,
-            }
-            await producer.send(
-                settings.topics.product, orjson.dumps(ev), key=ev["account_id"].encode()
-            )
+            value, key = login(f"l{i}", f"a{rnd.randrange(accounts)}")
+            await producer.send(settings.topics.product, value, key=key)
         await producer.flush()
         for _ in range(1200):
             if total(delta(scrape(svc.url), before), f"{hist}_count") >= steady:
                 break  # every event's score committed
             await asyncio.sleep(0.1)
+        pg_after = postgres_cpu_seconds(backend)
         got = delta(scrape(svc.url), before)
-        assert svc.proc is not None
+        scoring_cpu = process_cpu_seconds(svc.proc.pid) - cpu_before[0]
         rss = psutil.Process(svc.proc.pid).memory_info().rss / 2**20
     finally:
         await pool.close()
         await producer.stop()
         svc.stop()
     p50, p95, p99 = (quantile(got, hist, q) for q in (0.5, 0.95, 0.99))
-    return p50, p95, p99, rss
+    pg_before = cpu_before[1]
+    return SteadyRun(
+        p50,
+        p95,
+        p99,
+        rss,
+        evaluations=total(got, scored, trigger="events") / steady,
+        scoring_cpu=scoring_cpu / steady * 1e6,
+        postgres_cpu=None
+        if pg_before is None or pg_after is None
+        else (pg_after - pg_before) / steady * 1e6,
+    )

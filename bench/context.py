@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 from tests.infra import Infra, ServiceProcess, drop_database, new_database, service_env
 
@@ -80,3 +84,30 @@ class Steady:
     def rate(self, total: int) -> float:
         assert self.started is not None, "no batch was ever done"
         return (total - self.first) / max(self.last - self.started, 1e-9)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds(backend_pid: int) -> float | None:
+    """CPU time used so far by the PostgreSQL server that ``backend_pid`` (a
+    backend's ``pg_backend_pid()``) belongs to: its postmaster and every process
+    it started, ended ones included. None when that server does not run on this
+    machine (a ``DATABASE_URL`` elsewhere)."""
+    try:
+        postmaster = psutil.Process(backend_pid).parent()
+        if postmaster is None or "postgres" not in postmaster.name():
+            return None
+        t = postmaster.cpu_times()
+        used = t.user + t.system + t.children_user + t.children_system  # ended children
+        for child in postmaster.children():
+            with contextlib.suppress(psutil.Error):  # ended meanwhile: counted above next time
+                c = child.cpu_times()
+                used += c.user + c.system
+        return float(used)
+    except psutil.Error:
+        return None
