@@ -31,8 +31,9 @@ def discover() -> list[str]:
 
 def fresh_broker(ctx: BenchContext) -> None:
     """A new embedded broker for each benchmark: tansu keeps every message in memory
-    and its CPU per request grows with what it holds (README "Performance"), so the
-    millions of messages of one benchmark would slow the next."""
+    and its CPU per request grows with what it holds (docs/performance.md, "Lag
+    and latency in the soak"), so the millions of messages of one benchmark would
+    slow the next."""
     old = ctx.infra.broker
     if old is None:  # a real Kafka (KAFKA_BOOTSTRAP_SERVERS): nothing to do
         return

@@ -67,9 +67,10 @@ def calm_garbage_collector(first_threshold: int = 50_000) -> None:
     rows) that reference counting frees; with the default thresholds the collector
     still runs hundreds of times per second and walks every long-lived object of
     the process (FastAPI, SQLAlchemy, aiokafka, pydantic schemas…): measured at
-    ~25 % of ingest's CPU and ~30 % of scoring's with 100k accounts (README
-    "Performance"). Freezing what exists after start-up takes those objects out of
-    collections, and a high first threshold makes collections rare.
+    ~25 % of ingest's CPU (docs/ingest.md, "Where the server's CPU goes") and ~30 %
+    of scoring's with 100k accounts. Freezing what exists after start-up takes
+    those objects out of collections, and a high first threshold makes
+    collections rare.
 
     The first threshold counts container objects allocated minus those freed.
     Scoring passes :data:`BATCH_GC_THRESHOLD`: at 50,000 a collection fell while a
