@@ -38,7 +38,7 @@ async def test_the_window_read_is_never_jit_compiled(env: dict[str, str]) -> Non
         await pool.close()
     assert (settings["jit"], settings["plans"], settings["page_cost"]) == (
         "off",
-        "force_custom_plan",
+        "force_generic_plan",
         1.1,
     )
     assert after == "auto"
