@@ -372,7 +372,7 @@ async def large_account_evaluation_us(settings: ScoringSettings, users: int) -> 
     pg = await asyncpg.connect(store.dsn(settings.database_url))
     try:
         async with pg.transaction():
-            await store.apply_deltas(pg, fold(events))
+            await store.apply_deltas(pg, store.window_statements(fold(events)))
     finally:
         await pg.close()
     await vacuum(settings)
@@ -647,6 +647,7 @@ async def steady_latency(
     pool = await store.create_pool(settings.database_url, size=1)
     hist = "healthscore_scoring_event_to_score_seconds"
     scored = "healthscore_scoring_accounts_scored_total"
+    rnd = random.Random(5)
 
     def login(i: str, account: str) -> tuple[bytes, bytes]:
         now = datetime.now(UTC).isoformat()
@@ -660,7 +661,6 @@ async def steady_latency(
         }
         return orjson.dumps(ev), account.encode()
 
-    rnd = random.Random(5)
     try:
         for k in range(accounts):
             value, key = login(f"w{k}", f"a{k}")
@@ -674,7 +674,8 @@ async def steady_latency(
         assert svc.proc is not None
         backend = int(await pool.fetchval("SELECT pg_backend_pid()"))
         before = scrape(svc.url)
-        cpu_before = process_cpu_seconds(svc.proc.pid), postgres_cpu_seconds(backend)
+        scoring_before = process_cpu_seconds(svc.proc.pid)
+        pg_before = postgres_cpu_seconds(backend)
         steady = rate * seconds
         t0 = time.perf_counter()
         for i in range(steady):
@@ -690,14 +691,13 @@ async def steady_latency(
             await asyncio.sleep(0.1)
         pg_after = postgres_cpu_seconds(backend)
         got = delta(scrape(svc.url), before)
-        scoring_cpu = process_cpu_seconds(svc.proc.pid) - cpu_before[0]
+        scoring_cpu = process_cpu_seconds(svc.proc.pid) - scoring_before
         rss = psutil.Process(svc.proc.pid).memory_info().rss / 2**20
     finally:
         await pool.close()
         await producer.stop()
         svc.stop()
     p50, p95, p99 = (quantile(got, hist, q) for q in (0.5, 0.95, 0.99))
-    pg_before = cpu_before[1]
     return SteadyRun(
         p50,
         p95,

@@ -204,10 +204,10 @@ def _statement(sql: str, *args: Any) -> Statement:
     return sql, list(args)
 
 
-async def apply_deltas(pg: Pg, d: BatchDeltas | Sequence[Statement]) -> None:
-    """Add one batch's deltas to the windows (one upsert per table): ``d`` as
-    :func:`window_statements` has encoded them, or the deltas themselves."""
-    for sql, args in window_statements(d) if isinstance(d, BatchDeltas) else d:
+async def apply_deltas(pg: Pg, statements: Iterable[Statement]) -> None:
+    """Add one batch's deltas to the windows: the upserts :func:`window_statements`
+    encoded from them, in order."""
+    for sql, args in statements:
         await pg.execute(sql, *args)
 
 

@@ -105,11 +105,11 @@ async def test_active_users_read_back_exactly_from_random_late_batches(
                 cut = rnd.randrange(1, 60)
                 batch, rows = rows[:cut], rows[cut:]
                 async with pg.transaction():
-                    await store.apply_deltas(pg, _deltas(batch))
+                    await store.apply_deltas(pg, store.window_statements(_deltas(batch)))
             # a resend of everything changes nothing (each user-day counts once)
             again = [(a, u, d) for a, pairs in activity.items() for u, d in pairs[:30]]
             async with pg.transaction():
-                await store.apply_deltas(pg, _deltas(again))
+                await store.apply_deltas(pg, store.window_statements(_deltas(again)))
             for as_of in AS_OF:
                 got = await _read(pg, sorted(activity), as_of)
                 want = {a: _expected(pairs, as_of) for a, pairs in activity.items()}
@@ -165,7 +165,7 @@ async def test_the_migration_carries_user_days_over_and_back(infra: Infra) -> No
             # this release's own writes, then back to the previous release
             extra = [("mid", "u_new", T), ("wide", "u_new", T - timedelta(days=3))]
             async with pg.transaction():
-                await store.apply_deltas(pg, _deltas(extra))
+                await store.apply_deltas(pg, store.window_statements(_deltas(extra)))
             await asyncio.to_thread(command.downgrade, cfg, "scoring_0006")
             back = await pg.fetch("SELECT account_id, day, user_id FROM scoring_user_days")
             assert sorted(tuple(r) for r in back) == sorted(
