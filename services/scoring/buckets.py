@@ -75,8 +75,13 @@ class AttrUpdate:
     """Latest value per attribute within the batch: attr → (as_of, value)."""
 
     values: dict[str, tuple[datetime, Any]] = field(default_factory=dict)
-    champion_day: date | None = None  # day of the winning role=champion event
     was_champion: bool = False
+    # The role offers that won, in the order processed (their timestamps never
+    # decrease), as the store needs them to apply the batch as if event by event
+    # (``store.window_statements``): the last one that was not ``champion``, and
+    # those since then, which are all ``champion`` (the run the role is in).
+    role_break: datetime | None = None
+    champion_run: list[datetime] = field(default_factory=list)
 
     def offer(self, attr: str, as_of: datetime, value: Any) -> bool:
         held = self.values.get(attr)
@@ -170,5 +175,8 @@ def fold(events: Iterable[Event], into: BatchDeltas | None = None) -> BatchDelta
                 if attr == "role" and value == "champion":
                     upd.was_champion = True
                 if attr == "role" and won:
-                    upd.champion_day = day if value == "champion" else None
+                    if value == "champion":
+                        upd.champion_run.append(ts)
+                    else:
+                        upd.role_break, upd.champion_run = ts, []
     return out

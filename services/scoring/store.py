@@ -90,6 +90,11 @@ def text_array(values: Sequence[str]) -> str:
     return '{"' + joined + '"}'
 
 
+def _timestamps(values: Sequence[datetime]) -> str:
+    """A ``timestamptz[]`` literal of ``values`` (ISO 8601, with their offsets)."""
+    return text_array([v.isoformat() for v in values])
+
+
 _SMALL = [str(i) for i in range(4096)]  # most counters of a batch are small
 
 
@@ -360,33 +365,59 @@ def window_statements(d: BatchDeltas) -> Iterator[Statement]:
                 f"{a} = CASE WHEN {wins} THEN EXCLUDED.{a} ELSE t.{a} END",
                 f"{a}_as_of = CASE WHEN {wins} THEN EXCLUDED.{a}_as_of ELSE t.{a}_as_of END",
             ]
+        offered = [d.contacts.get(c) for c in contacts]
         c_args += [
-            [bool(d.contacts[c].was_champion) if c in d.contacts else False for c in contacts],
-            [d.contacts[c].champion_day if c in d.contacts else None for c in contacts],
+            [bool(u.was_champion) if u else False for u in offered],
+            [u.role_break if u else None for u in offered],
+            [_timestamps(u.champion_run) if u and u.champion_run else None for u in offered],
         ]
-        c_unnest += [f"${len(c_args) - 1}::bool[]", f"${len(c_args)}::date[]"]
-        c_names += ["was_champion", "became_champion_day"]
+        c_unnest += [
+            f"${len(c_args) - 2}::bool[]",
+            f"${len(c_args) - 1}::timestamptz[]",
+            f"${len(c_args)}::text[]",
+        ]
+        c_names += ["was_champion", "role_break", "champion_run"]
         role_wins = (
             "(EXCLUDED.role_as_of IS NOT NULL AND "
             "(t.role_as_of IS NULL OR EXCLUDED.role_as_of >= t.role_as_of))"
         )
         c_sets += [
             "was_champion = t.was_champion OR EXCLUDED.was_champion",
-            f"""became_champion_day = CASE
-                  WHEN {role_wins} AND EXCLUDED.role = 'champion' THEN
-                    CASE WHEN t.role = 'champion'
-                         THEN LEAST(t.became_champion_day, EXCLUDED.became_champion_day)
-                         ELSE EXCLUDED.became_champion_day END
-                  WHEN {role_wins} THEN NULL
+            f"""became_champion_day = CASE WHEN {role_wins} THEN EXCLUDED.became_champion_day
                   ELSE t.became_champion_day END""",
         ]
-        # COALESCE: a contact first seen through a communication has no left_company yet.
+        # The day a contact became champion is the day of the role offer that made it
+        # one after a role that was not (a champion re-sent by a CRM sync keeps its
+        # day). Applied as if event by event, whatever the batches: of the batch's
+        # winning role offers, those at or after the stored role's timestamp win over
+        # it (held: the stored row, locked). So the day is the stored one when the
+        # stored role is champion and no offer that broke the run wins over it, else
+        # the day of the run's first offer that wins. COALESCE: a contact first seen
+        # through a communication has no left_company yet.
+        stored = ", ".join(c_names[:-2])
+        values = ", ".join(
+            "COALESCE(x.left_company, false)" if n == "left_company" else f"x.{n}"
+            for n in c_names[:-2]
+        )
         yield _statement(
-            f"""INSERT INTO scoring_contacts AS t ({", ".join(c_names)})
-                SELECT account_id, contact_id, role, role_as_of, name, name_as_of, email,
-                       email_as_of, COALESCE(left_company, false), left_company_as_of,
-                       was_champion, became_champion_day
-                FROM unnest({", ".join(c_unnest)}) AS x({", ".join(c_names)})
+            f"""WITH x AS (SELECT * FROM unnest({", ".join(c_unnest)}) AS x({", ".join(c_names)})),
+                held AS (
+                  SELECT t.account_id, t.contact_id, t.role, t.role_as_of, t.became_champion_day
+                  FROM scoring_contacts t JOIN x
+                    ON t.account_id = x.account_id AND t.contact_id = x.contact_id
+                  WHERE x.role_as_of IS NOT NULL
+                  ORDER BY t.account_id, t.contact_id FOR UPDATE OF t)
+                INSERT INTO scoring_contacts AS t ({stored}, became_champion_day)
+                SELECT {values},
+                  CASE WHEN x.role IS DISTINCT FROM 'champion' THEN NULL
+                       WHEN h.role = 'champion'
+                         AND (x.role_break IS NULL OR x.role_break < h.role_as_of)
+                         THEN h.became_champion_day
+                       ELSE (SELECT (min(m) AT TIME ZONE 'UTC')::date
+                             FROM unnest(x.champion_run::timestamptz[]) AS m
+                             WHERE h.role_as_of IS NULL OR m >= h.role_as_of) END
+                FROM x LEFT JOIN held h
+                  ON h.account_id = x.account_id AND h.contact_id = x.contact_id
                 ON CONFLICT (account_id, contact_id) DO UPDATE SET {", ".join(c_sets)}""",
             *c_args,
         )
