@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -117,7 +118,9 @@ def slack_message(event: dict[str, Any], dashboard_url: str) -> dict[str, Any]:
     band, and a link to the account page."""
     d = event["data"]
     account = d.get("account_name") or d["account_id"]
-    link = f"{dashboard_url.rstrip('/')}/accounts/{d['account_id']}"
+    # the id is one path segment: "/", "?", "#", "%", "|" or ">" in it must neither
+    # change the page the link opens nor end Slack's <url|label> early
+    link = f"{dashboard_url.rstrip('/')}/accounts/{quote(d['account_id'], safe='')}"
     score = "n/a" if d.get("score") is None else f"{d['score']:.1f}"
     if event["type"] == "score.band_changed":
         text = f"{account}: health band {d['previous_band']} → {d['band']} (score {score})"

@@ -16,6 +16,13 @@ from shared.auth import Scope, require_scope
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_scope(Scope.READ))])
 
+# Account ids are any 1–128 characters (SPEC §3), so they may hold "/" (Segment
+# group ids like "org/123"). The server decodes %2F before routing, so a plain
+# {account_id} would never match such an id: the ``path`` convertor takes every
+# character up to the route's fixed suffix (/health, /history, …). The suffixes
+# differ and the patterns are anchored at both ends, so a path matches at most
+# one of these routes and names exactly one id, whether the client sends the "/"
+# in the id as %2F (as it should) or as it is.
 AccountId = Annotated[str, Path(min_length=1, max_length=128)]
 SortKey = Literal["score", "-score", "name", "-name", "delta", "-delta"]
 
@@ -70,13 +77,13 @@ async def list_accounts(
     )
 
 
-@router.get("/accounts/{account_id}/health")
+@router.get("/accounts/{account_id:path}/health")
 async def account_health(request: Request, account_id: AccountId) -> dict[str, Any]:
     """The current score with its explanation (SPEC §6 shape)."""
     return await _answer(read_model.health(_pool(request), account_id))
 
 
-@router.get("/accounts/{account_id}/history")
+@router.get("/accounts/{account_id:path}/history")
 async def account_history(
     request: Request, account_id: AccountId, days: Annotated[int, Query(ge=1, le=400)] = 90
 ) -> dict[str, Any]:
@@ -84,7 +91,7 @@ async def account_history(
     return await _answer(read_model.history(_pool(request), account_id, _today(request), days))
 
 
-@router.get("/accounts/{account_id}/changes")
+@router.get("/accounts/{account_id:path}/changes")
 async def account_changes(
     request: Request,
     account_id: AccountId,
@@ -95,7 +102,7 @@ async def account_changes(
     return await _answer(read_model.changes(_pool(request), account_id, from_day, to_day))
 
 
-@router.get("/accounts/{account_id}/stakeholders")
+@router.get("/accounts/{account_id:path}/stakeholders")
 async def account_stakeholders(
     request: Request, account_id: AccountId, weeks: Annotated[int, Query(ge=1, le=52)] = 12
 ) -> dict[str, Any]:

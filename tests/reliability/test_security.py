@@ -41,7 +41,7 @@ PUBLIC = {
     "/login",
     "/logout",
 }
-DASHBOARD_PAGES = {"/", "/accounts/{account_id}"}
+DASHBOARD_PAGES = {"/", "/accounts/{account_id:path}"}
 RIGHT_SCOPE = {"ingest": "ingest", "scoring": "read", "alerts": "admin"}
 WRONG_SCOPE = {"ingest": "read", "scoring": "ingest", "alerts": "read"}
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import pytest
 
 from services.demo import HISTORY_DAYS, build_stories
 from services.scoring.dashboard import charts, session
+from services.scoring.dashboard.routes import account_path
 from shared.events import EVENT_LIST_ADAPTER
 
 SECRET = b"s" * 32
@@ -35,6 +37,25 @@ def test_tampered_session_is_refused(tamper) -> None:  # type: ignore[no-untyped
 
 def test_session_signed_with_another_secret_is_refused() -> None:
     assert session.read(b"other" * 8, session.issue(SECRET, "digest")) is None
+
+
+@pytest.mark.parametrize(
+    ("account_id", "path"),
+    [
+        pytest.param("acme", "/accounts/acme", id="plain"),
+        pytest.param("org/123", "/accounts/org%2F123", id="slash"),
+        pytest.param("a?b#c", "/accounts/a%3Fb%23c", id="query-and-fragment"),
+        pytest.param("50%off", "/accounts/50%25off", id="percent"),
+        pytest.param("a b", "/accounts/a%20b", id="space"),
+        pytest.param("ü", "/accounts/%C3%BC", id="unicode"),
+        pytest.param("../x", "/accounts/..%2Fx", id="dot-segments"),
+    ],
+)
+def test_account_links_carry_the_id_as_one_encoded_segment(account_id: str, path: str) -> None:
+    assert account_path(account_id) == path
+    parts = urlsplit(path)
+    assert (parts.query, parts.fragment) == ("", "")
+    assert unquote(parts.path.removeprefix("/accounts/")) == account_id
 
 
 def test_sparkline_draws_gaps_and_says_when_empty() -> None:

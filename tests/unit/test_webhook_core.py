@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from datetime import UTC, date, datetime
+from urllib.parse import quote, unquote, urlsplit
 
 import orjson
 import pytest
@@ -124,6 +125,30 @@ def test_slack_message_names_account_rule_value_score_and_links() -> None:
     assert "https://hs.example.com/accounts/acme" in flat
     assert "42.0 (red)" in flat and "-20" in flat
     assert msg["blocks"][0]["type"] == "section"
+
+
+@pytest.mark.parametrize(
+    "account_id",
+    [
+        pytest.param("org/123", id="slash"),
+        pytest.param("a?b#c", id="query-and-fragment"),
+        pytest.param("50%off", id="percent"),
+        pytest.param("x|y>z", id="slack-link-delimiters"),
+        pytest.param("ünï cødé", id="unicode-and-space"),
+        pytest.param("../admin", id="dot-segments"),
+    ],
+)
+def test_slack_link_names_exactly_its_account(account_id: str) -> None:
+    snapshot = _snapshot().model_copy(update={"account_id": account_id})
+    msg = payloads.slack_message(_event(snapshot), "https://hs.example.com/")
+    button = msg["blocks"][-1]["elements"][0]["url"]
+    assert button == f"https://hs.example.com/accounts/{quote(account_id, safe='')}"
+    parts = urlsplit(button)
+    assert parts.query == "" and parts.fragment == ""
+    assert unquote(parts.path.removeprefix("/accounts/")) == account_id
+    # Slack's <url|label>: the link ends at the first "|", never inside the id
+    account_field = msg["blocks"][1]["fields"][0]["text"]
+    assert account_field == f"*Account*\n<{button}|Acme>"
 
 
 def test_subscription_filters() -> None:

@@ -7,7 +7,7 @@ import math
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -85,11 +85,19 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{v * 100:.0f}%"
 
 
+def account_path(account_id: str) -> str:
+    """The account page's path. The id is one path segment, every reserved character
+    percent-encoded ("/", "?", "#", "%", spaces, non-ASCII): Jinja's ``urlencode``
+    keeps "/" as it is, which the page's route would still take, but a link must
+    name exactly the id it was made for."""
+    return "/accounts/" + quote(account_id, safe="")
+
+
 def dashboard_router(secret: bytes) -> APIRouter:
     """The pages; their data comes from ``app.state.dashboard`` (a DashboardData)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
-    env.globals.update(fmt=_fmt, pct=_pct)
+    env.globals.update(fmt=_fmt, pct=_pct, account_path=account_path)
     env.globals["delta"] = lambda v: Markup(_delta(v))
     router = APIRouter(include_in_schema=False)
 
@@ -100,8 +108,12 @@ def dashboard_router(secret: bytes) -> APIRouter:
         key = await request.app.state.keys.verify_digest(digest)
         return key is not None and Scope.READ in key.scopes
 
-    def to_login(request: Request) -> Response:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    def to_login(request: Request, path: str | None = None) -> Response:
+        """To the login form, which sends the person back here. ``path``: this page's
+        address, percent-encoded, where the request's own path (decoded) would not
+        lead back: an account id holding "?", "#", "%" or "/.." would not."""
+        path = path or request.url.path
+        target = path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
     @router.get("/login", response_class=HTMLResponse)
@@ -205,10 +217,11 @@ def dashboard_router(secret: bytes) -> APIRouter:
             },
         )
 
-    @router.get("/accounts/{account_id}", response_class=HTMLResponse)
+    # ``path``: an account id may hold "/" (see services/scoring/api.py)
+    @router.get("/accounts/{account_id:path}", response_class=HTMLResponse)
     async def account(request: Request, account_id: str) -> Response:
         if not await current_key(request):
-            return to_login(request)
+            return to_login(request, account_path(account_id))
         h = await _data(request).health(account_id)
         if h is None:
             return templates.TemplateResponse(
