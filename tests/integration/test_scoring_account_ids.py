@@ -240,3 +240,5 @@ async def test_dashboard_unknown_account_is_a_404(
 ) -> None:
     r = await browser.get(f"/accounts/{quote(account_id, safe='')}")
     assert r.status_code == 404
+    assert "<h1>Unknown account</h1>" in r.text
+    assert f"<code>{_escaped(account_id)}</code>" in r.text

@@ -225,7 +225,10 @@ def dashboard_router(secret: bytes) -> APIRouter:
         h = await _data(request).health(account_id)
         if h is None:
             return templates.TemplateResponse(
-                request, "base.html", {"logged_in": True}, status_code=404
+                request,
+                "not_found.html",
+                {"logged_in": True, "account_id": account_id},
+                status_code=404,
             )
         green, yellow = _data(request).bands()
         hist = await _data(request).history(account_id, HISTORY_DAYS)
