@@ -3,6 +3,8 @@ bounded labels: never an account or user id)."""
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -89,16 +91,38 @@ class HttpMetricsMiddleware:
             ).observe(time.perf_counter() - start)
 
 
+UNMATCHED_ROUTE = "unmatched"
+"""The route label of a request no route template can be named for."""
+
+
 def _route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    if route is not None and hasattr(route, "path"):
-        return str(route.path)
+    """The template of the route that took the request (``/v1/accounts/{account_id}``),
+    never the raw path. A request answered before routing (a 400 for a NUL in the URL,
+    say) has no route in its scope: the app's routes are matched against it then. A
+    route object without a ``path`` — FastAPI (0.165) keeps an included router as one
+    ``_IncludedRouter`` entry that matches the paths of all its routes — gives
+    :data:`UNMATCHED_ROUTE`, as a path that no route matches does."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return _label(path)
     app = scope.get("app")
     for r in getattr(getattr(app, "router", None), "routes", []):
         match, _ = r.matches(scope)
         if match is Match.FULL:
-            return str(r.path)
-    return "unmatched"
+            path = getattr(r, "path", None)
+            return _label(path) if isinstance(path, str) else UNMATCHED_ROUTE
+    return UNMATCHED_ROUTE
+
+
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
+@functools.lru_cache(maxsize=256)  # one entry per route template: bounded
+def _label(template: str) -> str:
+    """A route template as its label, without Starlette's convertors: the account
+    routes take ``{account_id:path}`` (ids may hold "/"), and their label stays
+    ``/v1/accounts/{account_id}/health``, as the OpenAPI document names them."""
+    return _CONVERTOR.sub(r"{\1}", template)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -19,6 +19,10 @@ Mapping:
 - ``alias`` → accepted, no effect.
 - ``messageId`` → ``id``; ``timestamp`` (or ``originalTimestamp``); ``sentAt`` of
   the item or of the batch → ``sent_at`` (clock-skew correction).
+
+The NUL rule of :mod:`shared.events` covers the mapped event (its model refuses
+it); the ids an item contributes besides (the user and the account of a link,
+stored in Postgres) and a ``track``'s event name are held to it here.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared.events import NUL_MESSAGE, contains_nul
 
 DEFAULT_LOGIN_EVENTS: tuple[str, ...] = ("Logged In", "Signed In", "login")
 MESSAGE_TYPES = frozenset({"track", "identify", "group", "page", "screen", "alias"})
@@ -95,20 +101,27 @@ def merge_context(item: dict[str, Any], batch_context: object) -> dict[str, Any]
     return {**item, "context": merged}
 
 
-def account_named_by(item: Mapping[str, Any]) -> str | None:
-    """The account an item names itself: ``context.groupId``, then
-    ``properties.account_id``, ``traits.account_id`` (the item's or its
-    context's), then ``traits.company.id``."""
+def account_named_by(item: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The account an item names itself, with the field it came from:
+    ``context.groupId``, then ``properties.account_id``, ``traits.account_id``
+    (the item's or its context's), then ``traits.company.id``."""
     context = _obj(item.get("context"))
-    found = _str_id(context.get("groupId")) or _str_id(
-        _obj(item.get("properties")).get("account_id")
-    )
+    found = _str_id(context.get("groupId"))
     if found:
-        return found
-    for traits in (_obj(item.get("traits")), _obj(context.get("traits"))):
-        found = _str_id(traits.get("account_id")) or _str_id(_obj(traits.get("company")).get("id"))
+        return "context.groupId", found
+    found = _str_id(_obj(item.get("properties")).get("account_id"))
+    if found:
+        return "properties.account_id", found
+    for prefix, traits in (
+        ("traits", _obj(item.get("traits"))),
+        ("context.traits", _obj(context.get("traits"))),
+    ):
+        found = _str_id(traits.get("account_id"))
         if found:
-            return found
+            return f"{prefix}.account_id", found
+        found = _str_id(_obj(traits.get("company")).get("id"))
+        if found:
+            return f"{prefix}.company.id", found
     return None
 
 
@@ -125,7 +138,10 @@ def plan_item(
     kind = item.get("type")
     if kind not in MESSAGE_TYPES:
         return Rejection(index, "type", "type must be one of: " + ", ".join(sorted(MESSAGE_TYPES)))
-    user_id = _str_id(item.get("userId")) or _str_id(item.get("anonymousId"))
+    user_field = "userId" if _str_id(item.get("userId")) else "anonymousId"
+    user_id = _str_id(item.get(user_field))
+    if user_id is not None and contains_nul(user_id):
+        return Rejection(index, user_field, NUL_MESSAGE)
     base: dict[str, Any] = {}
     message_id = item.get("messageId")
     if message_id is not None:
@@ -139,14 +155,12 @@ def plan_item(
 
     if kind == "alias":
         return Plan(index, None, kind=kind)
-    if kind == "identify":
-        account = account_named_by(item)
-        link = (user_id, account) if user_id and account else None
-        return Plan(index, None, link=link, kind=kind)
     if kind == "group":
         group_id = _str_id(item.get("groupId"))
         if group_id is None:
             return Rejection(index, "groupId", "a group call needs a groupId")
+        if contains_nul(group_id):
+            return Rejection(index, "groupId", NUL_MESSAGE)
         traits = _obj(item.get("traits"))
         attributes = {
             target: traits[source] for source, target in _ACCOUNT_TRAITS.items() if source in traits
@@ -155,6 +169,13 @@ def plan_item(
         link = (user_id, group_id) if user_id else None
         return Plan(index, event, account_id=group_id, link=link, kind=kind)
 
+    named = account_named_by(item)
+    if named is not None and contains_nul(named[1]):
+        return Rejection(index, named[0], NUL_MESSAGE)
+    account = None if named is None else named[1]
+    if kind == "identify":
+        link = (user_id, account) if user_id and account else None
+        return Plan(index, None, link=link, kind=kind)
     if user_id is None:
         return Rejection(index, "userId", f"a {kind} call needs a userId or anonymousId")
     event = {**base, "user_id": user_id}
@@ -165,6 +186,8 @@ def plan_item(
         name = item.get("event")
         if not isinstance(name, str) or not name:
             return Rejection(index, "event", "a track call needs an event name")
+        if contains_nul(name):
+            return Rejection(index, "event", NUL_MESSAGE)
         if name in login_events:
             event["type"] = "login"
         elif "duration_seconds" in properties:
@@ -175,7 +198,7 @@ def plan_item(
             event["feature"] = name
             if "count" in properties:
                 event["count"] = properties["count"]
-    return Plan(index, event, account_id=account_named_by(item), user_id=user_id, kind=kind)
+    return Plan(index, event, account_id=account, user_id=user_id, kind=kind)
 
 
 def users_to_look_up(plans: Iterable[Plan | Rejection]) -> set[str]:

@@ -394,7 +394,7 @@ ANCIENT = iso(NOW - timedelta(days=401))
                 "score": 11,
                 "user_id": "u",
             },
-            None,
+            "score",
             "score must be between 0 and 10 for a nps survey",
             id="nps-range",
         ),
@@ -406,13 +406,13 @@ ANCIENT = iso(NOW - timedelta(days=401))
                 "score": 0,
                 "user_id": "u",
             },
-            None,
+            "score",
             "score must be between 1 and 5 for a csat survey",
             id="csat-range",
         ),
         pytest.param(
             {"type": "survey_response", "account_id": "a", "survey": "nps", "score": 5},
-            None,
+            "contact_id",
             "survey_response needs contact_id or user_id",
             id="survey-who",
         ),
@@ -431,6 +431,81 @@ async def test_each_invalid_field_is_reported_and_nothing_published(
     r = await post(client, {"events": [good, event]})
     assert r.status_code == 422, r.text
     assert r.json() == {"errors": [{"index": 1, "field": field, "message": message}]}
+
+
+NUL = "must not contain a NUL character (U+0000)"
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        pytest.param(login("x\u0000y"), "account_id", id="account_id"),
+        pytest.param(login("a", user_id="\u0000"), "user_id", id="user_id"),
+        pytest.param(login("a", id="evt-\u0000"), "id", id="id"),
+        pytest.param(
+            {"type": "feature_used", "account_id": "a", "user_id": "u", "feature": "a\u0000b"},
+            "feature",
+            id="feature",
+        ),
+        pytest.param(
+            {"type": "account_updated", "account_id": "a", "plan": "pro", "csm": "k\u0000"},
+            "csm",
+            id="account-csm",
+        ),
+        pytest.param(
+            {
+                "type": "communication",
+                "account_id": "a",
+                "channel": "email",
+                "direction": "inbound",
+                "contact_id": "c",
+                "subject": "Re: \u0000",
+            },
+            "subject",
+            id="subject",
+        ),
+        pytest.param(
+            {"type": "contact_updated", "account_id": "a", "contact_id": "c", "email": "\u0000@x"},
+            "email",
+            id="contact-email",
+        ),
+        pytest.param(
+            {
+                "type": "survey_response",
+                "account_id": "a",
+                "survey": "nps",
+                "score": 9,
+                "user_id": "u",
+                "comment": "great\u0000",
+            },
+            "comment",
+            id="survey-comment",
+        ),
+    ],
+)
+async def test_a_nul_in_any_text_is_422_with_the_field(
+    client: httpx.AsyncClient, event: dict[str, Any], field: str
+) -> None:
+    """PostgreSQL text cannot hold U+0000: scoring would dead-letter such an event, so
+    ingest must refuse it (SPEC §8) — precisely, like any other invalid field."""
+    r = await post(client, {"events": [login("acct-good-neighbour"), event]})
+    assert r.status_code == 422, r.text
+    assert r.json() == {"errors": [{"index": 1, "field": field, "message": NUL}]}
+
+
+async def test_text_that_spells_the_nul_escape_is_not_a_nul_and_is_accepted(
+    client: httpx.AsyncClient, settings: IngestSettings
+) -> None:
+    """A backslash followed by "u0000" is ordinary text, not a NUL: accepted and
+    published unchanged, and scoring's decoder (the same rule) takes it too."""
+    event = login("acct-nul-lookalike", id="lookalike-1", user_id="a\\u0000b")
+    r = await post(client, {"events": [event]})
+    assert r.status_code == 202, r.text
+    published = await read_topic(settings.kafka_bootstrap_servers, settings.topics.product)
+    [m] = [m for m in published if m["account_id"] == "acct-nul-lookalike"]
+    assert m["user_id"] == "a\\u0000b"
+    raw = orjson.dumps({k: v for k, v in m.items() if not k.startswith("_")})
+    assert decode_event(raw).id == "lookalike-1"
 
 
 async def test_every_invalid_event_is_listed_and_none_is_published(

@@ -237,6 +237,66 @@ async def test_strict_mode_rejects_the_whole_batch(
     assert len(await events_of(settings, "strict-", at_least=1)) == 1
 
 
+NUL = "must not contain a NUL character (U+0000)"
+
+
+async def test_a_nul_in_any_text_rejects_the_item_and_the_rest_goes_through(
+    client: httpx.AsyncClient, settings: IngestSettings, database_url: str
+) -> None:
+    """PostgreSQL text cannot hold U+0000: such an item would be dead-lettered by
+    scoring (or fail storing its link), so it is listed in ``rejected`` by the field
+    the client sent, and the good items of the batch are still published."""
+    batch = [
+        {"type": "track", "userId": "nul-u", "event": "E\u0000", "context": {"groupId": "nul-a"}},
+        {"type": "track", "userId": "nul-\u0000", "event": "E", "context": {"groupId": "nul-a"}},
+        {"type": "identify", "userId": "nul-v", "traits": {"account_id": "nul-\u0000"}},
+        {"type": "group", "userId": "nul-w", "groupId": "nul-\u0000"},  # a bare link
+        {"type": "group", "userId": "nul-x", "groupId": "nul-a", "traits": {"name": "A\u0000"}},
+        {"type": "page", "userId": "nul-u", "messageId": "\u0000", "context": {"groupId": "nul-a"}},
+        # a NUL where the mapping takes nothing from is not stored, so not refused
+        {
+            "type": "page",
+            "userId": "nul-u",
+            "properties": {"title": "\u0000"},
+            "context": {"groupId": "nul-a"},
+        },
+    ]
+    r = await post(client, "/v1/batch", {"batch": batch})
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "success": True,
+        "rejected": [
+            {"index": 0, "reason": f"event: {NUL}"},
+            {"index": 1, "reason": f"userId: {NUL}"},
+            {"index": 2, "reason": f"traits.account_id: {NUL}"},
+            {"index": 3, "reason": f"groupId: {NUL}"},
+            {"index": 4, "reason": f"name: {NUL}"},
+            {"index": 5, "reason": f"id: {NUL}"},
+        ],
+    }
+    published = await events_of(settings, "nul-", at_least=1)
+    assert [(m["type"], m["user_id"], m["account_id"]) for m in published] == [
+        ("login", "nul-u", "nul-a")
+    ]
+    conn = await asyncpg.connect(database_url)
+    try:
+        linked = await conn.fetch(
+            "SELECT user_id FROM ingest_user_accounts WHERE user_id LIKE 'nul-%'"
+        )
+    finally:
+        await conn.close()
+    assert linked == []  # none of the refused links was stored
+
+    # the audit's case on a single-call endpoint, and strict mode: all or nothing
+    r = await post(client, "/v1/track", {"userId": "nul-u", "event": "E\u0000"})
+    assert r.status_code == 200
+    assert r.json() == {"success": True, "rejected": [{"index": 0, "reason": f"event: {NUL}"}]}
+    r = await post(client, "/v1/batch", {"batch": batch[5:]}, headers={"X-Strict-Mode": "1"})
+    assert r.status_code == 400
+    assert r.json() == {"errors": [{"index": 0, "field": "id", "message": NUL}]}
+    assert len(await events_of(settings, "nul-", at_least=1)) == 1  # still only the first
+
+
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status", "answer"),
     [

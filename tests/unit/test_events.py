@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import orjson
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.events import (
     EVENT_LIST_ADAPTER,
+    NUL_MESSAGE,
+    Event,
+    Login,
     WireError,
+    contains_nul,
     decode_event,
     encode_event,
+    may_contain_nul,
     normalise,
     time_problem,
 )
@@ -155,9 +161,27 @@ INVALID = [
             "score": 0,
             "user_id": "u",
         },
-        (),
-        "value_error",
+        ("score",),
+        "score_range",
         id="csat-range",
+    ),
+    pytest.param(
+        {
+            "type": "survey_response",
+            "account_id": "a",
+            "survey": "nps",
+            "score": 11,
+            "contact_id": "c",
+        },
+        ("score",),
+        "score_range",
+        id="nps-range",
+    ),
+    pytest.param(
+        {"type": "survey_response", "account_id": "a", "survey": "nps", "score": 9},
+        ("contact_id",),
+        "missing_one_of",
+        id="survey-nobody",
     ),
 ]
 
@@ -168,6 +192,105 @@ def test_invalid_events_name_the_field(
 ) -> None:
     errors = _errors([event])
     assert ((0, event["type"], *field), kind) in errors
+
+
+# One valid event per type with every text field of the catalogue set (ids, names,
+# free text), and those fields: each of them carries the NUL rule.
+WITH_EVERY_TEXT: dict[str, dict[str, object]] = {
+    "login": {"user_id": "u"},
+    "feature_used": {"user_id": "u", "feature": "export"},
+    "session": {"user_id": "u", "duration_seconds": 5},
+    "account_updated": {"name": "Acme", "plan": "pro", "csm": "kim"},
+    "communication": {
+        "channel": "email",
+        "direction": "inbound",
+        "contact_id": "c",
+        "subject": "Renewal",
+    },
+    "contact_updated": {"contact_id": "c", "name": "Ann", "email": "ann@example.com"},
+    "survey_response": {
+        "survey": "nps",
+        "score": 9,
+        "contact_id": "c",
+        "user_id": "u",
+        "comment": "fine",
+    },
+}
+TEXT_FIELDS: dict[str, list[str]] = {
+    "login": ["user_id"],
+    "feature_used": ["user_id", "feature"],
+    "session": ["user_id"],
+    "account_updated": ["name", "plan", "csm"],
+    "communication": ["contact_id", "subject"],
+    "contact_updated": ["contact_id", "name", "email"],
+    "survey_response": ["contact_id", "user_id", "comment"],
+}
+NUL_CASES = [
+    pytest.param(t, f, id=f"{t}.{f}")
+    for t, fields in TEXT_FIELDS.items()
+    for f in ["id", "account_id", *fields]
+]
+
+
+def _text_fields(model: type[BaseModel]) -> set[str]:
+    """The fields of ``model`` that hold free text (``str``, not an enum or literal)."""
+
+    def is_text(annotation: object) -> bool:
+        return annotation is str or any(is_text(a) for a in get_args(annotation))
+
+    return {n for n, info in model.model_fields.items() if is_text(info.annotation)}
+
+
+def test_the_nul_cases_cover_every_text_field_of_the_catalogue() -> None:
+    """A text field added to the catalogue shows up here, so the rule is tested on it."""
+    covered = {(p.values[0], p.values[1]) for p in NUL_CASES}
+    models = get_args(get_args(Event)[0])
+    every = {
+        (get_args(m.model_fields["type"].annotation)[0], f) for m in models for f in _text_fields(m)
+    }
+    assert covered == every
+
+
+@pytest.mark.parametrize(("kind", "field"), NUL_CASES)
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_a_nul_in_any_text_field_is_refused_and_named(kind: str, field: str, where: str) -> None:
+    """PostgreSQL text cannot hold U+0000: an event carrying one anywhere would be
+    accepted by ingest and then dead-lettered by scoring, so the schema refuses it."""
+    event: dict[str, object] = {"type": kind, "account_id": "a", **WITH_EVERY_TEXT[kind]}
+    EVENT_LIST_ADAPTER.validate_json(orjson.dumps([event]))  # valid as it is
+    value = {"start": "\x00x", "middle": "x\x00y", "end": "x\x00"}[where]
+    with pytest.raises(ValidationError) as info:
+        EVENT_LIST_ADAPTER.validate_json(orjson.dumps([{**event, field: value}]))
+    [error] = info.value.errors()
+    assert (error["loc"], error["type"], error["msg"]) == (
+        (0, kind, field),
+        "string_nul",
+        "must not contain a NUL character (U+0000)",
+    )
+
+
+def test_text_that_merely_spells_the_escape_is_not_a_nul() -> None:
+    """A backslash followed by "u0000" is ordinary text: stored fine, so accepted."""
+    raw = orjson.dumps([{"type": "login", "account_id": "a", "user_id": "\\u0000"}])
+    assert b"\\\\u0000" in raw
+    [event] = EVENT_LIST_ADAPTER.validate_json(raw)
+    assert event.user_id == "\\u0000"
+
+
+@pytest.mark.parametrize(
+    ("raw", "may"),
+    [
+        pytest.param(b'{"a":"x\\u0000"}', True, id="escaped-nul"),
+        pytest.param(b'{"a":"x\\\\u0000"}', True, id="escaped-backslash-then-u0000"),
+        pytest.param(b'{"a":"x\\u0001\\n"}', False, id="other-escapes"),
+        pytest.param(b'{"a":"u0000"}', False, id="no-backslash"),
+    ],
+)
+def test_may_contain_nul_never_misses_one(raw: bytes, may: bool) -> None:
+    """The hot paths' pre-test: False only when no string of the JSON can hold U+0000."""
+    assert may_contain_nul(raw) is may
+    has_nul = any(contains_nul(v) for v in orjson.loads(raw).values())
+    assert may or not has_nul
 
 
 def test_unknown_type_is_refused() -> None:
@@ -236,6 +359,38 @@ def test_wire_round_trip_keeps_partial_updates_partial() -> None:
     back = decode_event(raw)
     assert back.model_fields_set >= {"csm", "seats_purchased"}
     assert "plan" not in back.model_fields_set
+
+
+def _wire(**fields: object) -> bytes:
+    """A message as ingest publishes it, then altered."""
+    base = {
+        "id": "e1",
+        "type": "login",
+        "account_id": "a",
+        "user_id": "u",
+        "timestamp": NOW.isoformat(),
+        "received_at": NOW.isoformat(),
+    }
+    return orjson.dumps(base | fields)
+
+
+@pytest.mark.parametrize("field", ["id", "account_id", "user_id"])
+def test_scoring_dead_letters_a_nul_by_the_same_rule_and_says_where(field: str) -> None:
+    from services.scoring.consumer import decode  # what the scoring consumer applies
+
+    with pytest.raises(WireError) as info:
+        decode(_wire(**{field: "x\x00y"}))
+    assert NUL_MESSAGE in str(info.value)
+    assert f"login.{field}" in str(info.value)
+
+
+def test_scoring_keeps_text_that_merely_spells_the_escape() -> None:
+    """Ingest accepts a backslash followed by "u0000" (it is not a NUL), so scoring
+    must not dead-letter it (SPEC §8: only what ingest would have refused)."""
+    from services.scoring.consumer import decode
+
+    event = decode(_wire(user_id="a\\u0000b"))
+    assert isinstance(event, Login) and event.user_id == "a\\u0000b"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from services.ingest.rate_limit import RateLimiter, TokenBucket, retry_after_header
 from services.ingest.request_body import BodyTooLarge, BodyUnreadable, read_all
 from services.ingest.validation import Outgoing, validate_events
-from shared.events import EVENT_TYPES, Login, decode_event, encode_event, normalise
+from shared.events import EVENT_TYPES, NUL_MESSAGE, Login, decode_event, encode_event, normalise
 
 
 def test_plain_body_under_the_limit_is_joined() -> None:
@@ -141,6 +141,7 @@ _values = st.one_of(
             "2026-11-20T10:00:00Z",
             "2026-11-20T10:00:00",
             "x" * 300,
+            "a\x00b",  # NUL: refused by the models, so by the fast paths too
         ]
     ),
 )
@@ -151,7 +152,10 @@ _field_names = [
     "survey", "score", "comment", "onboarding_completed_at", "timestamp", "sent_at", "bogus",
 ]  # fmt: skip
 _events = st.fixed_dictionaries(
-    {"type": st.sampled_from([*EVENT_TYPES, "nope"]), "account_id": st.sampled_from(["a", ""])},
+    {
+        "type": st.sampled_from([*EVENT_TYPES, "nope"]),
+        "account_id": st.sampled_from(["a", "", "\x00"]),
+    },
     optional={f: _values for f in _field_names},
 )
 
@@ -331,6 +335,29 @@ def test_ordinary_events_take_the_express_path_and_the_rest_the_full_one(
         assert [(p.index, p.field) for p in problems] == [(0, "timestamp")] and not messages
     else:
         assert problems == [] and len(messages) == 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param({"type": "login", "account_id": "x\x00y", "user_id": "u"}, id="account_id"),
+        pytest.param(
+            {"type": "feature_used", "account_id": "a", "user_id": "u", "feature": "a\x00b"},
+            id="feature",
+        ),
+    ],
+)
+def test_a_nul_takes_the_full_path_and_is_refused_by_field(event: dict[str, object]) -> None:
+    """The express models leave the NUL rule out, which is safe only because a body
+    that could hold a NUL never takes the express path."""
+    from services.ingest.validation import Problem, Receipt, _express
+
+    good = {"type": "login", "account_id": "a", "user_id": "u"}
+    body = orjson.dumps({"events": [good, event]})
+    assert _express(body, Receipt.at(_NOW), lambda: "id-1") is None
+    messages, problems, _ = validate_events(body, now=_NOW)
+    field = next(f for f, v in event.items() if isinstance(v, str) and "\x00" in v)
+    assert problems == [Problem(1, field, NUL_MESSAGE)] and messages == []
 
 
 def test_account_updated_takes_the_full_path_and_keeps_its_dates_as_sent() -> None:

@@ -121,6 +121,71 @@ def test_rejections(item: Any, field: str | None) -> None:
     assert isinstance(r, Rejection) and r.field == field
 
 
+@pytest.mark.parametrize(
+    ("item", "field"),
+    [
+        pytest.param({"type": "track", "userId": "u\x00", "event": "E"}, "userId", id="userId"),
+        pytest.param(
+            {"type": "page", "anonymousId": "\x00", "context": {"groupId": "g"}},
+            "anonymousId",
+            id="anonymousId",
+        ),
+        pytest.param(
+            {"type": "alias", "userId": "u\x00", "previousId": "p"}, "userId", id="alias-user"
+        ),
+        pytest.param(
+            {"type": "track", "userId": "u", "event": "E\x00", "context": {"groupId": "g"}},
+            "event",
+            id="event-name",
+        ),
+        pytest.param(
+            {
+                "type": "track",
+                "userId": "u",
+                "event": "E",
+                "properties": {"duration_seconds": 1, "note": "x\x00"},
+                "context": {"groupId": "g", "page": {"title": "\x00"}},
+            },
+            None,
+            id="unused-fields-are-not-looked-at",
+        ),
+        pytest.param({"type": "group", "userId": "u", "groupId": "g\x00"}, "groupId", id="group"),
+        pytest.param(
+            {"type": "identify", "userId": "u", "traits": {"account_id": "a\x00"}},
+            "traits.account_id",
+            id="identify-traits",
+        ),
+        pytest.param(
+            {"type": "identify", "userId": "u", "context": {"traits": {"company": {"id": "\x00"}}}},
+            "context.traits.company.id",
+            id="identify-context-company",
+        ),
+        pytest.param(
+            {"type": "screen", "userId": "u", "context": {"groupId": "g\x00"}},
+            "context.groupId",
+            id="screen-group",
+        ),
+        pytest.param(
+            {"type": "track", "userId": "u", "event": "E", "properties": {"account_id": "\x00"}},
+            "properties.account_id",
+            id="track-properties",
+        ),
+    ],
+)
+def test_a_nul_in_an_id_or_event_name_is_rejected_where_it_was_sent(
+    item: dict[str, Any], field: str | None
+) -> None:
+    """Ids end up in Postgres (the user → account links) or in the event; the NUL
+    rule of shared.events names the Segment field the client sent. Fields the mapping
+    does not use are not looked at."""
+    r = plan(item)
+    if field is None:
+        assert isinstance(r, Plan)
+        return
+    assert isinstance(r, Rejection)
+    assert (r.field, r.reason) == (field, "must not contain a NUL character (U+0000)")
+
+
 def test_context_merge_item_wins() -> None:
     merged = merge_context({"context": {"a": 1}}, {"a": 2, "b": 3})
     assert merged["context"] == {"a": 1, "b": 3}
