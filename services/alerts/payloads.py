@@ -113,11 +113,19 @@ def encode_standard(event: dict[str, Any]) -> bytes:
     return body
 
 
+def _mrkdwn(text: str) -> str:
+    """``text`` as Slack shows it literally: Slack reads ``&``, ``<`` and ``>`` as
+    its own markup (a name "A <b> & C" would lose "<b>", and a ">" would end a link
+    label early), so they are escaped as its documentation says."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_message(event: dict[str, Any], dashboard_url: str) -> dict[str, Any]:
     """A Slack incoming-webhook message: account, rule, value vs threshold, score and
-    band, and a link to the account page."""
+    band, and a link to the account page. Names customers and operators chose (the
+    account's, the rule's) are escaped for Slack's markup."""
     d = event["data"]
-    account = d.get("account_name") or d["account_id"]
+    account = _mrkdwn(d.get("account_name") or d["account_id"])
     # the id is one path segment: "/", "?", "#", "%", "|" or ">" in it must neither
     # change the page the link opens nor end Slack's <url|label> early
     link = f"{dashboard_url.rstrip('/')}/accounts/{quote(d['account_id'], safe='')}"
@@ -131,7 +139,7 @@ def slack_message(event: dict[str, Any], dashboard_url: str) -> dict[str, Any]:
         ]
     else:
         verb = "fired" if event["type"] == "alert.fired" else "resolved"
-        rule = d["rule"]
+        rule = {**d["rule"], "name": _mrkdwn(d["rule"]["name"])}
         emoji = {"critical": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
         icon = ":white_check_mark:" if verb == "resolved" else emoji.get(rule["severity"], "")
         text = (

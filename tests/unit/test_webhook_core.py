@@ -151,6 +151,20 @@ def test_slack_link_names_exactly_its_account(account_id: str) -> None:
     assert account_field == f"*Account*\n<{button}|Acme>"
 
 
+def test_slack_message_shows_names_with_slack_markup_characters_literally() -> None:
+    """Slack reads &, < and > as markup: an account named "<Acme> & Sons" must show
+    as it is, and its link label must not end at its ">"."""
+    snapshot = _snapshot().model_copy(update={"account_name": "<Acme> & Sons"})
+    event = _event(snapshot)
+    event["data"]["rule"] = {**event["data"]["rule"], "name": "NPS < 0"}
+    msg = payloads.slack_message(event, "https://hs.example.com/")
+    assert "&lt;Acme&gt; &amp; Sons" in msg["text"] and "NPS &lt; 0" in msg["text"]
+    account_field = msg["blocks"][1]["fields"][0]["text"]
+    assert account_field.endswith("|&lt;Acme&gt; &amp; Sons>")
+    assert account_field.count(">") == 1  # the link's own end, nothing of the name
+    assert msg["blocks"][1]["fields"][1]["text"].startswith("*Rule*\nNPS &lt; 0 (")
+
+
 def test_subscription_filters() -> None:
     event = _event(_snapshot())
     sub = Subscription("wh", "http://x", ("alert.fired",))
