@@ -17,6 +17,33 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 Band = Literal["green", "yellow", "red"]
 KpiValue = float | int | bool | None
 
+# The KPIs of SPEC §4, in order: the keys of a snapshot's ``kpis``. The one list of
+# KPI names: scoring computes exactly these (services/scoring/kpis.py), score model
+# measures and alert rules may name only these.
+KPI_NAMES: tuple[str, ...] = (
+    "dau",
+    "wau",
+    "mau",
+    "stickiness",
+    "license_utilization",
+    "feature_adoption",
+    "features_used_30d",
+    "time_in_product_minutes",
+    "days_since_last_activity",
+    "usage_trend",
+    "active_stakeholders",
+    "touchpoints_30d",
+    "days_since_last_inbound",
+    "champion_silence_days",
+    "champion_left",
+    "nps",
+    "sentiment",
+    "support_tickets_30d",
+    "escalations_30d",
+)
+# The KPIs whose value is a boolean; every other KPI is a number (or null).
+BOOLEAN_KPIS: frozenset[str] = frozenset({"champion_left"})
+
 
 class MeasureResult(BaseModel):
     """One measure of the score model, evaluated (SPEC §5)."""
@@ -68,4 +95,14 @@ def is_newer(snapshot: HealthSnapshot, last_revision: int | None) -> bool:
     return last_revision is None or snapshot.revision > last_revision
 
 
-__all__ = ["Band", "HealthSnapshot", "KpiValue", "MeasureResult", "date", "datetime", "is_newer"]
+__all__ = [
+    "BOOLEAN_KPIS",
+    "KPI_NAMES",
+    "Band",
+    "HealthSnapshot",
+    "KpiValue",
+    "MeasureResult",
+    "date",
+    "datetime",
+    "is_newer",
+]

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -81,19 +82,26 @@ async def get_rule(rule_id: str, request: Request) -> dict[str, Any]:
     return rule.model_dump()
 
 
+def _body_error(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
 def _validated(data: dict[str, Any]) -> Rule:
+    """The rule of a PUT or PATCH body, refused exactly as a POST body is: 422
+    ``{"errors": [{field, message}]}`` naming each invalid field (``body.kpi``…)."""
     try:
         return Rule.model_validate(data)
     except ValidationError as exc:
-        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise HTTPException(422, errors) from None
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        ) from None
 
 
 @router.put("/rules/{rule_id}")
 async def replace_rule(rule_id: str, body: dict[str, Any], request: Request) -> dict[str, Any]:
     """Create or replace the rule with this id (the body's id, if any, must match)."""
     if body.get("id", rule_id) != rule_id:
-        raise HTTPException(422, "the id in the body differs from the id in the path")
+        raise _body_error("id", "the id in the body differs from the id in the path")
     rule = _validated(body | {"id": rule_id})
     async with _engine(request).begin() as conn:
         await store.upsert_rules(conn, [rule])
@@ -103,7 +111,7 @@ async def replace_rule(rule_id: str, body: dict[str, Any], request: Request) -> 
 @router.patch("/rules/{rule_id}")
 async def update_rule(rule_id: str, body: dict[str, Any], request: Request) -> dict[str, Any]:
     if body.get("id", rule_id) != rule_id:
-        raise HTTPException(422, "a rule's id cannot be changed")
+        raise _body_error("id", "a rule's id cannot be changed")
     async with _engine(request).begin() as conn:
         rule = await store.get_rule(conn, rule_id)
         if rule is None:

@@ -4,6 +4,7 @@ consumer and the webhook delivery worker."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -73,7 +74,7 @@ def create_app(settings: AlertsSettings, workers: WorkerStatus | None = None) ->
 def run(host: str, port: int) -> int:
     from services.alerts.consumer import run_consumer
     from services.alerts.delivery import DeliveryWorker, make_client
-    from services.alerts.store import load_default_rules
+    from services.alerts.store import RulesFileError, load_default_rules
     from shared.kafka import make_producer
     from shared.logs import setup_logging
     from shared.runner import preflight, serve
@@ -85,7 +86,11 @@ def run(host: str, port: int) -> int:
         if settings.load_default_rules:
             await load_default_rules(engine, settings.rules_file)
 
-    asyncio.run(preflight(settings, default_rules))
+    try:
+        asyncio.run(preflight(settings, default_rules))
+    except RulesFileError as exc:  # e.g. a rule on an unknown KPI in HEALTHSCORE_RULES_FILE
+        print(f"healthscore alerts: HEALTHSCORE_RULES_FILE: {exc}", file=sys.stderr, flush=True)
+        return 2
 
     # Both workers run on the main loop; the consumer wakes the delivery worker
     # through this event as soon as a batch with new outbox rows is committed.

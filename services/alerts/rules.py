@@ -8,6 +8,7 @@ of resolving.
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
 import re
@@ -15,16 +16,29 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from shared.health import HealthSnapshot
+from shared.health import BOOLEAN_KPIS, KPI_NAMES, HealthSnapshot
 
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
 Threshold = bool | float | str  # bool first: YAML `true` must stay a bool
 Value = bool | float | int | str | None
 
-SPECIAL_KPIS = frozenset({"score", "score_delta_7d", "band"})
+KpiKind = Literal["number", "boolean", "band"]
+
+# What a rule's ``kpi`` may name (SPEC §7): a KPI of SPEC §4 or a field of the score.
+SCORE_FIELDS = ("score", "score_delta_7d", "band")
+RULE_KPIS: tuple[str, ...] = (*KPI_NAMES, *SCORE_FIELDS)
 BANDS = ("green", "yellow", "red")
 DEFAULT_COOLDOWN_SECONDS = 24 * 3600.0
 MAX_DURATION_SECONDS = 3650 * 86400.0
@@ -82,6 +96,39 @@ def new_rule_id() -> str:
     return "rule_" + secrets.token_hex(6)
 
 
+def kpi_kind(kpi: str) -> KpiKind:
+    """What the values of a rule's ``kpi`` are, which decides the operators and
+    thresholds that make sense: a band compares by equality with a band name, a
+    boolean KPI by equality with true/false, everything else is a number."""
+    if kpi == "band":
+        return "band"
+    if kpi in BOOLEAN_KPIS:
+        return "boolean"
+    return "number"
+
+
+def _unknown_kpi(kpi: str) -> PydanticCustomError:
+    close = difflib.get_close_matches(kpi, RULE_KPIS, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return PydanticCustomError(
+        "unknown_kpi",
+        "unknown KPI {kpi}{hint}; a rule's kpi is one of: {allowed}",
+        {"kpi": repr(kpi), "hint": hint, "allowed": ", ".join(RULE_KPIS)},
+    )
+
+
+def _kind_ctx(kpi: str) -> dict[str, str]:
+    values = {"band": "green, yellow or red", "boolean": "true or false", "number": "a number"}
+    return {"kpi": kpi, "values": values[kpi_kind(kpi)]}
+
+
+def describe(exc: ValidationError) -> str:
+    """One line naming each invalid field: ``kpi: unknown KPI …; threshold: …``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'rule'}: {e['msg']}" for e in exc.errors()
+    )
+
+
 class Rule(BaseModel):
     """One alert rule. ``id`` is assigned when omitted; ``cooldown`` is stored in seconds."""
 
@@ -106,6 +153,48 @@ class Rule(BaseModel):
     def _no_nul(cls, data: Any) -> Any:
         return reject_nul(data)
 
+    @field_validator("kpi")
+    @classmethod
+    def _known_kpi(cls, v: str) -> str:
+        # A rule on a name no snapshot carries would silently never fire (a typo such
+        # as licence_utilization): refuse it, naming the ones that exist.
+        if v not in RULE_KPIS:
+            raise _unknown_kpi(v)
+        return v
+
+    @field_validator("op")
+    @classmethod
+    def _op_fits_kpi(cls, v: str, info: ValidationInfo) -> str:
+        kpi = info.data.get("kpi")  # absent when the kpi itself is invalid
+        if kpi is not None and kpi_kind(kpi) != "number" and v not in ("==", "!="):
+            raise PydanticCustomError(
+                "op_for_kpi", "{kpi} is {values}: compare it with == or !=", _kind_ctx(kpi)
+            )
+        return v
+
+    @field_validator("threshold", "resolve_threshold")
+    @classmethod
+    def _threshold_fits_kpi(cls, v: Threshold | None, info: ValidationInfo) -> Threshold | None:
+        if v is None:
+            return v
+        if isinstance(v, float) and not math.isfinite(v):
+            raise PydanticCustomError("finite_number", "must be a finite number")
+        kpi = info.data.get("kpi")
+        if kpi is None:
+            return v
+        kind = kpi_kind(kpi)
+        if (
+            (kind == "band" and v not in BANDS)
+            or (kind == "boolean" and not isinstance(v, bool))
+            or (kind == "number" and isinstance(v, bool | str))
+        ):
+            raise PydanticCustomError(
+                "threshold_for_kpi",
+                "{kpi} is {values}: the threshold must be {values} too",
+                _kind_ctx(kpi),
+            )
+        return v
+
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
@@ -124,29 +213,6 @@ class Rule(BaseModel):
         if v is not None and not v:
             raise ValueError("lifecycle_stages: omit it (every stage) or list at least one")
         return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Rule:
-        for name, t in (
-            ("threshold", self.threshold),
-            ("resolve_threshold", self.resolve_threshold),
-        ):
-            if t is None:
-                continue
-            if isinstance(t, float) and not math.isfinite(t):
-                raise ValueError(f"{name}: must be a finite number")
-            if self.kpi == "band":
-                if t not in BANDS:
-                    raise ValueError(f"{name}: the band is one of green, yellow, red")
-                if self.op not in ("==", "!="):
-                    raise ValueError("op: a band rule uses == or !=")
-            elif isinstance(t, str):
-                raise ValueError(f"{name}: must be a number or a boolean for kpi {self.kpi!r}")
-            elif isinstance(t, bool) and self.op not in ("==", "!="):
-                raise ValueError("op: a boolean threshold needs == or !=")
-        if self.kpi != "band" and isinstance(self.threshold, str):
-            raise ValueError("threshold must be a number or a boolean")
-        return self
 
     @property
     def effective_resolve_threshold(self) -> Threshold:
@@ -208,10 +274,10 @@ def load_rules(data: Any) -> list[Rule]:
             raise ValueError(f"rule #{i + 1}: expected a mapping")
         try:
             rules.append(Rule.model_validate(dict(item)))
-        except ValueError as exc:
+        except ValidationError as exc:
             raise ValueError(
-                f"rule #{i + 1} ({item.get('id') or item.get('name')}): {exc}"
-            ) from exc
+                f"rule #{i + 1} ({item.get('id') or item.get('name')}): {describe(exc)}"
+            ) from None
     ids = [r.id for r in rules]
     dupes = {x for x in ids if ids.count(x) > 1}
     if dupes:

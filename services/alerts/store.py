@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.alerts.rules import Rule, load_rules
+from services.alerts.rules import Rule, describe, load_rules
 from services.alerts.subscriptions import Subscription
 from services.alerts.tables import deliveries, rules, subscriptions
 
@@ -53,29 +54,60 @@ def rule_row(rule: Rule) -> dict[str, Any]:
     }
 
 
+def checked_rule_from_row(row: Any) -> tuple[Rule, str | None]:
+    """The stored rule, and what is wrong with it (None when it is valid).
+
+    A rule stored before a check it now fails (e.g. one on an unknown KPI, accepted
+    by an older release) is returned unchecked rather than refused, so the API can
+    still show, fix or delete it; :func:`list_rules` keeps it out of evaluation.
+    """
+    fields = {
+        "id": row.id,
+        "name": row.name,
+        "kpi": row.kpi,
+        "op": row.op,
+        "threshold": row.threshold,
+        "resolve_threshold": row.resolve_threshold,
+        "for_evaluations": row.for_evaluations,
+        "cooldown": row.cooldown_seconds,
+        "lifecycle_stages": row.lifecycle_stages,
+        "respect_grace": row.respect_grace,
+        "severity": row.severity,
+        "enabled": row.enabled,
+        "description": row.description,
+    }
+    try:
+        return Rule.model_validate(fields), None
+    except ValidationError as exc:
+        return Rule.model_construct(**fields), describe(exc)
+
+
 def rule_from_row(row: Any) -> Rule:
-    return Rule(
-        id=row.id,
-        name=row.name,
-        kpi=row.kpi,
-        op=row.op,
-        threshold=row.threshold,
-        resolve_threshold=row.resolve_threshold,
-        for_evaluations=row.for_evaluations,
-        cooldown=row.cooldown_seconds,
-        lifecycle_stages=row.lifecycle_stages,
-        respect_grace=row.respect_grace,
-        severity=row.severity,
-        enabled=row.enabled,
-        description=row.description,
-    )
+    return checked_rule_from_row(row)[0]
+
+
+_reported_invalid: set[tuple[str, str]] = set()  # log each invalid stored rule once
 
 
 async def list_rules(conn: AsyncConnection, enabled_only: bool = False) -> list[Rule]:
+    """Every stored rule, by id; ``enabled_only`` gives the rules to evaluate: enabled
+    and valid (an invalid one is logged once and skipped, never crashes the consumer)."""
     q = select(rules).order_by(rules.c.id)
     if enabled_only:
         q = q.where(rules.c.enabled)
-    return [rule_from_row(r) for r in (await conn.execute(q)).all()]
+    out = []
+    for row in (await conn.execute(q)).all():
+        rule, problem = checked_rule_from_row(row)
+        if problem is not None and enabled_only:
+            if (rule.id, problem) not in _reported_invalid:
+                _reported_invalid.add((rule.id, problem))
+                log.warning(
+                    "invalid stored rule not evaluated: fix it with PUT/PATCH /v1/rules/{id}",
+                    extra={"rule_id": rule.id, "problem": problem},
+                )
+            continue
+        out.append(rule)
+    return out
 
 
 async def get_rule(conn: AsyncConnection, rule_id: str) -> Rule | None:
@@ -101,8 +133,21 @@ async def upsert_rules(conn: AsyncConnection, items: Sequence[Rule]) -> tuple[in
     return len(items) - updated, updated
 
 
+class RulesFileError(ValueError):
+    """A rules file that cannot be read or holds an invalid rule; the message names
+    the file, and the rule and field at fault."""
+
+
 def read_rules_file(path: Path) -> list[Rule]:
-    return load_rules(yaml.safe_load(path.read_text()))
+    """The rules of a YAML file, every one valid (:class:`RulesFileError` otherwise)."""
+    try:
+        return load_rules(yaml.safe_load(path.read_text()))
+    except FileNotFoundError:
+        raise RulesFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise RulesFileError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except (ValueError, yaml.YAMLError) as exc:
+        raise RulesFileError(f"{path}: {exc}") from None
 
 
 async def load_default_rules(engine: AsyncEngine, path: Path) -> int:

@@ -15,28 +15,6 @@ from services.scoring.windows import days_since
 
 KpiValue = float | int | bool | None
 
-KPI_NAMES: tuple[str, ...] = (
-    "dau",
-    "wau",
-    "mau",
-    "stickiness",
-    "license_utilization",
-    "feature_adoption",
-    "features_used_30d",
-    "time_in_product_minutes",
-    "days_since_last_activity",
-    "usage_trend",
-    "active_stakeholders",
-    "touchpoints_30d",
-    "days_since_last_inbound",
-    "champion_silence_days",
-    "champion_left",
-    "nps",
-    "sentiment",
-    "support_tickets_30d",
-    "escalations_30d",
-)
-
 
 @dataclass(slots=True)
 class WindowAggregates:
@@ -81,7 +59,7 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def compute_kpis(w: WindowAggregates) -> dict[str, KpiValue]:
-    """The KPI values of SPEC §4 (keys: :data:`KPI_NAMES`, in that order)."""
+    """The KPI values of SPEC §4 (keys: :data:`shared.health.KPI_NAMES`, in that order)."""
     current_champion = len(w.champion_reference_days) > 0
     return {
         "dau": w.dau,
@@ -97,8 +75,10 @@ def compute_kpis(w: WindowAggregates) -> dict[str, KpiValue]:
         "active_stakeholders": w.inbound_contacts_30d,
         "touchpoints_30d": w.touchpoints_30d,
         "days_since_last_inbound": days_since(w.as_of, w.last_inbound_day),
+        # never negative: a champion named after D (a past day rescored with
+        # today's roles, or a role stamped just past midnight) is silent 0 days
         "champion_silence_days": (
-            (w.as_of - max(w.champion_reference_days)).days if current_champion else None
+            max(0, (w.as_of - max(w.champion_reference_days)).days) if current_champion else None
         ),
         "champion_left": w.former_champion_left and not current_champion,
         "nps": (

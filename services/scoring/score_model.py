@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from services.scoring.kpis import KPI_NAMES, KpiValue
-from shared.health import Band
+from services.scoring.kpis import KpiValue
+from shared.health import KPI_NAMES, Band
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("default_model.yaml")
 GRACE_STAGES = frozenset({"trial", "poc", "onboarding"})
@@ -37,7 +37,7 @@ class ModelError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Measure(_Strict):
@@ -171,7 +171,8 @@ def in_grace_period(
         return True
     if onboarding_completed_at is None:
         return False
-    return as_of < onboarding_completed_at.date() + timedelta(days=grace_days)
+    completed = onboarding_completed_at.astimezone(UTC).date()  # the UTC day, as D is
+    return as_of < completed + timedelta(days=grace_days)
 
 
 @dataclass(slots=True)

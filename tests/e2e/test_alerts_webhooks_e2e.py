@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from standardwebhooks.webhooks import Webhook
 
-from shared.health import HealthSnapshot
+from shared.health import KPI_NAMES, HealthSnapshot
 from tests.infra import BOOTSTRAP_KEY, ServiceProcess
 from tests.snapshots import snapshot
 from tests.webhook_receiver import Answer, Receiver, always, fail_then_succeed
@@ -397,7 +397,12 @@ async def test_admin_api_errors_and_scope(alerts: ServiceProcess) -> None:
     )
     assert r.status_code == 409  # the defaults were loaded on first start
     r = await api("PATCH", alerts.url, "/v1/rules/champion-left", json={"op": "<"})
-    assert r.status_code == 422  # a boolean threshold needs == or !=
+    assert r.status_code == 422  # a boolean KPI takes == or != only
+    r = await api("PUT", alerts.url, "/v1/rules/a", json={"id": "b", "name": "x", "kpi": "nps"})
+    assert r.status_code == 422  # the same error format as every other invalid body
+    assert r.json()["errors"] == [
+        {"field": "body.id", "message": "the id in the body differs from the id in the path"}
+    ]
     r = await api("GET", alerts.url, "/v1/deliveries", params={"status": "weird"})
     assert r.status_code == 422
     nul = {"name": "a\u0000b", "kpi": "nps", "op": "<", "threshold": 0}
@@ -410,6 +415,94 @@ async def test_admin_api_errors_and_scope(alerts: ServiceProcess) -> None:
     assert r.status_code == 400
     async with httpx.AsyncClient() as c:
         assert (await c.get(f"{alerts.url}/v1/rules")).status_code == 401
+
+
+AUDIT_RULE = {
+    "id": "audit-x",
+    "name": "x",
+    "kpi": "nonsense",
+    "op": "<",
+    "threshold": 1,
+    "severity": "warning",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "message"),
+    [
+        pytest.param("POST", "/v1/rules", AUDIT_RULE, "kpi", "unknown KPI 'nonsense'", id="post"),
+        pytest.param(
+            "PUT", "/v1/rules/audit-x", AUDIT_RULE, "kpi", "unknown KPI 'nonsense'", id="put"
+        ),
+        pytest.param(
+            "PATCH",
+            "/v1/rules/low-license-utilization",
+            {"kpi": "licence_utilization"},
+            "kpi",
+            "did you mean 'license_utilization'?",
+            id="patch-typo",
+        ),
+        pytest.param(
+            "POST",
+            "/v1/rules",
+            {"name": "x", "kpi": "champion_left", "op": "<", "threshold": True},
+            "op",
+            "champion_left is true or false: compare it with == or !=",
+            id="boolean-kpi-ordering",
+        ),
+        pytest.param(
+            "PATCH",
+            "/v1/rules/champion-left",
+            {"threshold": 1},
+            "threshold",
+            "champion_left is true or false",
+            id="boolean-kpi-number",
+        ),
+        pytest.param(
+            "POST",
+            "/v1/rules",
+            {"name": "x", "kpi": "band", "op": "==", "threshold": 2},
+            "threshold",
+            "band is green, yellow or red",
+            id="band-number",
+        ),
+        pytest.param(
+            "PUT",
+            "/v1/rules/audit-y",
+            {"name": "x", "kpi": "nps", "op": "<", "threshold": "low"},
+            "threshold",
+            "nps is a number",
+            id="number-kpi-string",
+        ),
+        pytest.param(
+            "PATCH",
+            "/v1/rules/negative-nps",
+            {"resolve_threshold": True},
+            "resolve_threshold",
+            "nps is a number",
+            id="resolve-threshold",
+        ),
+    ],
+)
+async def test_rules_on_unknown_kpis_or_mismatched_types_are_refused(
+    alerts: ServiceProcess,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    before = (await api("GET", alerts.url, "/v1/rules")).json()
+    r = await api(method, alerts.url, path, json=body)
+    assert r.status_code == 422, r.text
+    errors = r.json()["errors"]
+    assert [e["field"] for e in errors] == [f"body.{field}"], errors
+    assert message in errors[0]["message"]
+    if field == "kpi":  # the answer lists every name a rule may use
+        assert errors[0]["message"].endswith(
+            "a rule's kpi is one of: " + ", ".join((*KPI_NAMES, "score", "score_delta_7d", "band"))
+        )
+    assert (await api("GET", alerts.url, "/v1/rules")).json() == before  # nothing stored
 
 
 async def test_kill_9_between_alert_and_delivery_delivers_once_after_restart(

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.alerts import store
 from services.alerts.consumer import apply_snapshots
 from services.alerts.delivery import DeliveryWorker, make_client
+from services.alerts.rules import Rule
 from services.alerts.settings import AlertsSettings
 from services.alerts.signing import generate_secret
 from services.alerts.store import load_default_rules, notify_outbox, outbox_row
@@ -183,3 +185,44 @@ async def test_outbox_notify_wakes_an_idle_worker(engine: AsyncEngine, env: dict
         await client.aclose()
     finally:
         await receiver.stop()
+
+
+async def test_a_stored_rule_that_is_no_longer_valid_is_skipped_not_fatal(
+    engine: AsyncEngine,
+) -> None:
+    """A rule an older release accepted on a KPI that does not exist: evaluation skips
+    it and keeps evaluating the others (no crash loop), the API can still read it."""
+    legacy = {
+        "id": "legacy-typo",
+        "name": "typo",
+        "kpi": "licence_utilization",
+        "op": "<",
+        "threshold": 0.5,
+        "for_evaluations": 1,
+        "cooldown_seconds": 0.0,
+        "respect_grace": True,
+        "severity": "warning",
+        "enabled": True,
+    }
+    valid = Rule(
+        id="legacy-valid", name="few touchpoints", kpi="touchpoints_30d", op="<", threshold=2
+    )
+    async with engine.begin() as conn:
+        await conn.execute(insert(rules).values(legacy))
+        await store.upsert_rules(conn, [valid])
+    try:
+        async with engine.begin() as conn:
+            result = await apply_snapshots(
+                conn,
+                [snapshot("legacy", 1, touchpoints_30d=0, licence_utilization=0.1)],
+                "http://d",
+            )
+            evaluated = {r.id for r in await store.list_rules(conn, enabled_only=True)}
+            listed = await store.get_rule(conn, "legacy-typo")
+        assert ("legacy-valid", "fired") in result.transitions
+        assert all(rule_id != "legacy-typo" for rule_id, _ in result.transitions)
+        assert "legacy-valid" in evaluated and "legacy-typo" not in evaluated
+        assert listed is not None and listed.kpi == "licence_utilization"
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(delete(rules).where(rules.c.id.in_(["legacy-typo", "legacy-valid"])))

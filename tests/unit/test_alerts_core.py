@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from services.alerts.rules import Rule, compare, load_rules, parse_duration
+from services.alerts.rules import RULE_KPIS, Rule, compare, kpi_kind, load_rules, parse_duration
 from services.alerts.state_machine import RuleState, band_change, evaluate
-from shared.health import HealthSnapshot
+from shared.health import KPI_NAMES, HealthSnapshot
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 DEFAULTS = Path(__file__).resolve().parents[2] / "services" / "alerts" / "default_rules.yaml"
@@ -173,6 +173,100 @@ def test_durations(raw: Any, seconds: float) -> None:
 def test_invalid_rules_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         Rule.model_validate({"name": "x"} | bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "message"),
+    [
+        pytest.param(
+            {"kpi": "licence_utilization", "op": "<", "threshold": 0.5},
+            "kpi",
+            "unknown KPI 'licence_utilization' (did you mean 'license_utilization'?)",
+            id="typo",
+        ),
+        pytest.param(
+            {"kpi": "nonsense", "op": "<", "threshold": 1},
+            "kpi",
+            "a rule's kpi is one of: dau, wau, mau,",
+            id="unknown",
+        ),
+        pytest.param(
+            {"kpi": "champion_left", "op": "<", "threshold": True},
+            "op",
+            "champion_left is true or false: compare it with == or !=",
+            id="boolean-kpi-ordering",
+        ),
+        pytest.param(
+            {"kpi": "champion_left", "op": "==", "threshold": 1},
+            "threshold",
+            "champion_left is true or false",
+            id="boolean-kpi-number",
+        ),
+        pytest.param(
+            {"kpi": "band", "op": "==", "threshold": 2},
+            "threshold",
+            "band is green, yellow or red",
+            id="band-number",
+        ),
+        pytest.param(
+            {"kpi": "band", "op": ">=", "threshold": "red"},
+            "op",
+            "band is green, yellow or red: compare it with == or !=",
+            id="band-ordering",
+        ),
+        pytest.param(
+            {"kpi": "nps", "op": "<", "threshold": "low"},
+            "threshold",
+            "nps is a number",
+            id="number-kpi-string",
+        ),
+        pytest.param(
+            {"kpi": "score", "op": "==", "threshold": True},
+            "threshold",
+            "score is a number",
+            id="number-kpi-boolean",
+        ),
+        pytest.param(
+            {"kpi": "nps", "op": "<", "threshold": 0, "resolve_threshold": "red"},
+            "resolve_threshold",
+            "nps is a number",
+            id="resolve-threshold",
+        ),
+        pytest.param(
+            {"kpi": "nps", "op": "<", "threshold": float("nan")},
+            "threshold",
+            "must be a finite number",
+            id="nan",
+        ),
+    ],
+)
+def test_invalid_rules_name_the_field_at_fault(
+    bad: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Rule.model_validate({"name": "x"} | bad)
+    errors = caught.value.errors()
+    assert [e["loc"] for e in errors] == [(field,)]
+    assert message in errors[0]["msg"]
+
+
+def test_every_kpi_and_score_field_can_be_named_with_a_threshold_of_its_type() -> None:
+    threshold = {"band": "red", "boolean": True, "number": 1.0}
+    for kpi in (*KPI_NAMES, "score", "score_delta_7d", "band"):
+        rule = Rule(name=kpi, kpi=kpi, op="==", threshold=threshold[kpi_kind(kpi)])
+        assert rule.kpi == kpi
+    # the allowed names are the snapshot's KPIs (one list, shared with scoring) + 3
+    assert (*KPI_NAMES, "score", "score_delta_7d", "band") == RULE_KPIS
+
+
+def test_a_rules_file_with_an_unknown_kpi_names_the_rule_and_the_field() -> None:
+    data = [
+        {"id": "ok", "name": "ok", "kpi": "nps", "op": "<", "threshold": 0},
+        {"id": "typo", "name": "t", "kpi": "licence_utilization", "op": "<", "threshold": 0.5},
+    ]
+    with pytest.raises(ValueError, match=r"^rule #2 \(typo\): kpi: unknown KPI") as caught:
+        load_rules(data)
+    assert "\n" not in str(caught.value)
 
 
 def test_ids_are_assigned_and_the_defaults_load() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
-from services.scoring.kpis import KPI_NAMES, WindowAggregates, compute_kpis
+from services.scoring.kpis import WindowAggregates, compute_kpis
+from shared.health import BOOLEAN_KPIS, KPI_NAMES
 
 D = date(2026, 4, 30)
 
@@ -50,6 +51,12 @@ CASES = [
         id="silence-latest-champion",
     ),
     pytest.param(w(), "champion_silence_days", None, id="silence-no-champion"),
+    pytest.param(  # named after D (a past day rescored with today's roles)
+        w(champion_reference_days=(D + timedelta(days=3),)),
+        "champion_silence_days",
+        0,
+        id="silence-champion-named-after-the-day",
+    ),
     pytest.param(w(former_champion_left=True), "champion_left", True, id="champion-left"),
     pytest.param(
         w(former_champion_left=True, champion_reference_days=(D,)),
@@ -81,3 +88,9 @@ def test_kpi(windows: WindowAggregates, kpi: str, value: object) -> None:
 def test_every_kpi_of_the_spec_is_computed() -> None:
     assert tuple(compute_kpis(w())) == KPI_NAMES
     assert len(KPI_NAMES) == 19
+
+
+def test_the_boolean_kpis_are_the_ones_computed_as_booleans() -> None:
+    # alert rules pair a KPI's type with its operator and threshold through BOOLEAN_KPIS
+    values = compute_kpis(w(former_champion_left=True))
+    assert {k for k, v in values.items() if isinstance(v, bool)} == BOOLEAN_KPIS

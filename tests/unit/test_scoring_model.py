@@ -3,7 +3,7 @@ bands, validation of the YAML file."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,13 @@ def test_adoption_measures_wait_for_the_grace_period() -> None:
         pytest.param("active", None, D, False, id="active-no-date"),
         pytest.param("active", datetime(2026, 4, 24, tzinfo=UTC), D, True, id="day-6"),
         pytest.param("active", datetime(2026, 4, 23, tzinfo=UTC), D, False, id="day-7"),
+        pytest.param(  # 04-24 in UTC: its UTC day counts, not New York's 04-23
+            "active",
+            datetime(2026, 4, 23, 22, tzinfo=timezone(timedelta(hours=-5))),
+            D,
+            True,
+            id="day-6-in-utc",
+        ),
         pytest.param(None, None, D, False, id="unknown-stage"),
     ],
 )
@@ -217,6 +224,16 @@ def test_profiles_replace_measures_by_lifecycle_stage() -> None:
             id="bad-profile",
         ),
         pytest.param({"surprise": 1}, "surprise", id="unknown-field"),
+        pytest.param(
+            {"measures": [{"kpi": "dau", "red": float("nan"), "green": 1}]},
+            "finite number",
+            id="nan-threshold",
+        ),
+        pytest.param(
+            {"measures": [{"kpi": "dau", "red": 0, "green": 1, "weight": float("inf")}]},
+            "finite number",
+            id="infinite-weight",
+        ),
         pytest.param(
             {"groups": [{"name": "x", "measures": [{"kpi": "dau", "red": 0, "green": 1}]}]},
             "either measures or groups",
