@@ -24,7 +24,15 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import EmbeddedPostgres, TansuBroker, die_with_parent, port_open
+from shared.db import redacted_url
+from shared.embedded import (
+    DEFAULT_DATA_DIR,
+    EmbeddedPostgres,
+    TansuBroker,
+    die_with_parent,
+    port_open,
+    postgres_data_dir,
+)
 from shared.kafka import ensure_topics
 from shared.migrate import upgrade
 from shared.settings import CommonSettings, KafkaProfile
@@ -38,7 +46,7 @@ class DevOptions:
     ingest_port: int = 8000
     scoring_port: int = 8001
     alerts_port: int = 8002
-    data_dir: str = ".healthscore"
+    data_dir: str = DEFAULT_DATA_DIR
     demo: bool = False
 
 
@@ -84,8 +92,10 @@ def run_dev(opts: DevOptions) -> int:
     env = os.environ  # the services inherit what we set here
     try:
         if "DATABASE_URL" not in os.environ:
-            _say(f"starting embedded PostgreSQL (data in {data_dir / 'pgdata'})")
-            postgres = EmbeddedPostgres(data_dir / "pgdata").start()
+            # `healthscore keys …` and the other database commands find this server
+            # through the same data folder (EmbeddedPostgres.running).
+            _say(f"starting embedded PostgreSQL (data in {postgres_data_dir(data_dir)})")
+            postgres = EmbeddedPostgres(postgres_data_dir(data_dir)).start()
             env["DATABASE_URL"] = postgres.url
         if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
             _say("starting the embedded Kafka-protocol broker (tansu, in memory)")
@@ -122,6 +132,10 @@ def run_dev(opts: DevOptions) -> int:
         print(f"  ingest   {base}:{ports['ingest']}   (POST /v1/events, docs at /docs)")
         print(f"  scoring  {base}:{ports['scoring']}   (dashboard and read API)")
         print(f"  alerts   {base}:{ports['alerts']}   (rules, webhooks, deliveries)")
+        # Users point psql and other tools at it; `healthscore keys …` run from this
+        # folder finds the embedded server without it.
+        note = "   (embedded PostgreSQL, for psql and other tools)" if postgres else ""
+        print(f"  DATABASE_URL={redacted_url(settings.database_url)}{note}")
         print(f"  API key (all scopes): {key}")
         print(
             f"  try:  curl -X POST {base}:{ports['ingest']}/v1/events "

@@ -34,6 +34,11 @@ def async_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+def redacted_url(url: str) -> str:
+    """The URL to show a person: the password, if any, replaced by ``***``."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def sync_url(url: str) -> str:
     """The same database for a synchronous driver-less use (Alembic runs on asyncpg too)."""
     return async_url(url)

@@ -27,6 +27,22 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+# Where `healthscore dev` (`make run`) keeps its state by default (its --data-dir);
+# the embedded PostgreSQL's data folder is ``postgres_data_dir`` of it.
+DEFAULT_DATA_DIR = ".healthscore"
+
+
+def postgres_data_dir(data_dir: Path) -> Path:
+    return data_dir / "pgdata"
+
+
+def find_data_dir(start: Path) -> Path | None:
+    """The nearest ``.healthscore`` folder in ``start`` or a parent of it (commands
+    run from a subfolder of the checkout still find the state of ``make run``)."""
+    for folder in (start, *start.parents):
+        if (folder / DEFAULT_DATA_DIR).is_dir():
+            return folder / DEFAULT_DATA_DIR
+    return None
 
 
 def die_with_parent() -> None:
@@ -119,6 +135,27 @@ class EmbeddedPostgres:
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @classmethod
+    def running(cls, datadir: Path) -> EmbeddedPostgres | None:
+        """The server running on ``datadir`` now (started by another process, e.g.
+        ``healthscore dev``), or None. Read from ``postmaster.pid``, which PostgreSQL
+        itself writes there while it runs (pid on line 1, port on line 4) and removes
+        on shutdown; one left behind by a killed server names a pid that no longer
+        runs. So nothing of ours has to record the random port, or can go stale. The
+        returned object does not own the server: its :meth:`stop` does nothing."""
+        try:
+            lines = (datadir / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except PermissionError:
+            pass  # alive, owned by another user (the postgres system user, as root)
+        except OSError:
+            return None  # left behind by a server that was killed
+        return cls(datadir, port=port)
 
     def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         # As root, run as the postgres system user with its own group only: with

@@ -3,42 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-import yaml
 
 from services.alerts import store
-from services.alerts.settings import AlertsSettings
 from shared import db
 
 
-def apply_rules(file: str) -> int:
-    path = Path(file)
+def apply_rules(file: str, database_url: Callable[[], str]) -> int:
+    """``database_url`` is asked only once the file is known to be valid."""
     try:
-        items = store.read_rules_file(path)
-    except FileNotFoundError:
-        typer.echo(f"no such file: {file}", err=True)
-        return 2
-    except (ValueError, yaml.YAMLError) as exc:
-        typer.echo(f"{file}: {exc}", err=True)
+        items = store.read_rules_file(Path(file))
+    except store.RulesFileError as exc:
+        typer.echo(str(exc), err=True)
         return 2
 
-    async def go() -> tuple[int, int]:
-        engine = db.create_engine(AlertsSettings().database_url, pool_size=1)
+    async def go(url: str) -> tuple[int, int]:
+        engine = db.create_engine(url, pool_size=1)
         try:
             async with engine.begin() as conn:
                 return await store.upsert_rules(conn, items)
         finally:
             await engine.dispose()
 
-    created, updated = asyncio.run(go())
+    created, updated = asyncio.run(go(database_url()))
     typer.echo(f"{len(items)} rules applied: {created} created, {updated} updated")
     return 0
 
 
-def replay_deliveries(delivery_id: str | None, since: str | None) -> int:
+def replay_deliveries(
+    delivery_id: str | None, since: str | None, database_url: Callable[[], str]
+) -> int:
     if (delivery_id is None) == (since is None):
         typer.echo("give exactly one of --id ID or --since TIME", err=True)
         return 2
@@ -52,15 +50,15 @@ def replay_deliveries(delivery_id: str | None, since: str | None) -> int:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
 
-    async def go() -> list[str]:
-        engine = db.create_engine(AlertsSettings().database_url, pool_size=1)
+    async def go(url: str) -> list[str]:
+        engine = db.create_engine(url, pool_size=1)
         try:
             async with engine.begin() as conn:
                 return await store.replay(conn, delivery_id=delivery_id, since=when)
         finally:
             await engine.dispose()
 
-    ids = asyncio.run(go())
+    ids = asyncio.run(go(database_url()))
     if delivery_id is not None and not ids:
         typer.echo(f"no failed or disabled delivery {delivery_id}", err=True)
         return 1

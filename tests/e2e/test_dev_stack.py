@@ -1,5 +1,7 @@
-"""`healthscore dev` (what `make run` calls): the embedded stack comes up, an event
-goes through, SIGTERM leaves no process and no port behind, data is kept."""
+"""`healthscore dev` (what `make run` calls): the embedded stack comes up, prints the
+DATABASE_URL it uses, an event goes through, `healthscore keys create` run beside it
+(no DATABASE_URL) makes a key the stack accepts, SIGTERM leaves no process and no
+port behind, data is kept."""
 
 from __future__ import annotations
 
@@ -50,6 +52,16 @@ def _start(data_dir: Path, ports: list[int], log: Path) -> subprocess.Popen[byte
     )
 
 
+def _healthscore(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it in another terminal, next to `make run`."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    script = Path(sys.executable).with_name("healthscore")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
+    return subprocess.run(
+        [*command, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
 def _wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,6 +104,14 @@ def _count_events(data_dir: Path) -> int | None:
     return asyncio.run(count())
 
 
+async def _fetch(url: str, query: str) -> object:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(query)
+    finally:
+        await conn.close()
+
+
 def _descendants_alive(data_dir: Path) -> list[str]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
@@ -107,8 +127,15 @@ def test_dev_stack_runs_stops_cleanly_and_keeps_data() -> None:
     log = ARTIFACTS / "dev-stack.log"
     # Not under tmp_path: as root the data folder must be reachable by the postgres
     # system user, and pytest's tmp folders are private to root.
-    data_dir = Path(tempfile.mkdtemp(prefix="hs-dev-", dir="/tmp"))
+    # Named as `make run` names it, in a folder standing for the checkout.
+    checkout = Path(tempfile.mkdtemp(prefix="hs-dev-", dir="/tmp"))
+    data_dir = checkout / ".healthscore"
     ports = [free_port(), free_port(), free_port()]
+    offset = log.stat().st_size if log.exists() else 0  # the log is appended to
+
+    def this_run() -> str:
+        return log.read_bytes()[offset:].decode(errors="replace")
+
     proc = _start(data_dir, ports, log)
     try:
         assert _wait_for(lambda: all(_ready(p) for p in ports), 90), log.read_text()[-3000:]
@@ -122,6 +149,23 @@ def test_dev_stack_runs_stops_cleanly_and_keeps_data() -> None:
         )
         assert r.status_code == 202, r.text
         assert _wait_for(lambda: _count_events(data_dir) == 1, 30), "event never stored"
+        assert _wait_for(lambda: "DATABASE_URL=" in this_run(), 10), this_run()[-3000:]
+        printed = this_run().partition("DATABASE_URL=")[2].split()[0]
+        assert printed.startswith("postgresql://postgres@127.0.0.1:")
+        # `healthscore keys create` finds the stack's database by itself...
+        made = _healthscore(checkout, "keys", "create", "--name", "cli", "--scope", "ingest")
+        assert made.returncode == 0, made.stderr
+        new_key = made.stdout.split("key:")[1].split()[0]
+        listed = _healthscore(checkout, "keys", "list")
+        assert listed.returncode == 0 and " cli" in listed.stdout, listed.stderr
+        # ...the very database it printed, and the stack accepts the new key
+        assert asyncio.run(_fetch(printed, "SELECT count(*) FROM api_keys")) == 1
+        r = httpx.post(
+            f"http://127.0.0.1:{ports[0]}/v1/events",
+            headers={"Authorization": f"Bearer {new_key}"},
+            json={"events": [{"type": "login", "account_id": "acme", "user_id": "u2"}]},
+        )
+        assert r.status_code == 202, r.text
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3
     finally:
@@ -143,4 +187,8 @@ def test_dev_stack_runs_stops_cleanly_and_keeps_data() -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     assert _descendants_alive(data_dir) == []
-    shutil.rmtree(data_dir, ignore_errors=True)
+    # with the stack stopped, the CLI says so in one line instead of a traceback
+    gone = _healthscore(checkout, "keys", "list")
+    assert gone.returncode == 2 and "has no running server" in gone.stderr, gone.stderr
+    assert "Traceback" not in gone.stderr
+    shutil.rmtree(checkout, ignore_errors=True)
