@@ -135,6 +135,29 @@ def test_every_route_needs_a_key_with_the_right_scope(
     assert problems == []
 
 
+@pytest.mark.parametrize("name", ["ingest", "scoring", "alerts"])
+def test_the_openapi_document_says_which_operations_take_a_key(
+    name: str, stack: dict[str, ServiceProcess]
+) -> None:
+    """/docs gets an "Authorize" button and generated clients send the key: every
+    operation that needs one (all of /v1, the walk above) declares it; probes do not."""
+    spec = httpx.get(f"{stack[name].url}/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["apiKey"]["type"] == "http" and schemes["apiKey"]["scheme"] == "bearer"
+    undeclared, declared = [], []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            names = {n for requirement in op.get("security", []) for n in requirement}
+            if path.startswith("/v1/") and "apiKey" not in names:
+                undeclared.append(f"{method.upper()} {path}")
+            if not path.startswith("/v1/") and names:
+                declared.append(f"{method.upper()} {path}")
+    assert undeclared == [] and declared == []
+    if name == "ingest":  # Segment libraries send the key as the Basic user name
+        assert schemes["segmentWriteKey"]["scheme"] == "basic"
+        assert {"segmentWriteKey": []} in spec["paths"]["/v1/batch"]["post"]["security"]
+
+
 def test_the_right_scope_gets_in(stack: dict[str, ServiceProcess], keys: dict[str, str]) -> None:
     ok = {
         "ingest": httpx.post(
