@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import HTTPException, Request
 from sqlalchemy import (
     Column,
     DateTime,
@@ -174,39 +173,6 @@ def require_scope(scope: Scope):  # type: ignore[no-untyped-def]
 
     dependency.__name__ = f"require_{scope}"
     return dependency
-
-
-def document_api_keys(app: FastAPI, *, basic: bool = False) -> None:
-    """Say in ``app``'s OpenAPI document how its ``/v1`` operations authenticate: an
-    API key as a bearer token (and, with ``basic``, as the HTTP Basic user name, as
-    Segment libraries send it). ``/docs`` then has an "Authorize" button, and
-    generated clients send the key. Probes, metrics and the dashboard stay open."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = generate()  # FastAPI's (or the app's own), cached in app.openapi_schema
-        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        if "apiKey" not in schemes:  # once: the schema is cached and returned again
-            schemes["apiKey"] = {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "An API key (`hs_…`): `Authorization: Bearer <key>`.",
-            }
-            required: list[dict[str, list[str]]] = [{"apiKey": []}]
-            if basic:
-                schemes["segmentWriteKey"] = {
-                    "type": "http",
-                    "scheme": "basic",
-                    "description": "Segment style: the API key as user name, no password.",
-                }
-                required.append({"segmentWriteKey": []})
-            for path, operations in schema.get("paths", {}).items():
-                if path.startswith("/v1/"):
-                    for operation in operations.values():
-                        operation.setdefault("security", required)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 # --- key management (CLI) ------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,3 +90,89 @@ def install_common(app: FastAPI, service: str, checks: dict[str, ReadinessCheck]
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", extra={"path": request.url.path})
         return PlainTextResponse("internal error", status_code=500)
+
+
+# The body of every 422 of the read and admin APIs (``on_invalid`` above), as the
+# OpenAPI document states it instead of FastAPI's default ``HTTPValidationError``.
+_INVALID_REQUEST = {
+    "title": "InvalidRequest",
+    "type": "object",
+    "required": ["errors"],
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {
+                        "type": "string",
+                        "description": "where: query.limit, path.account_id, body.kpi…",
+                    },
+                    "message": {"type": "string", "description": "what is wrong, and why"},
+                },
+            },
+        }
+    },
+}
+_DETAIL = {
+    "description": "",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["detail"],
+                "properties": {"detail": {"type": "string"}},
+            }
+        }
+    },
+}
+
+
+def document_api(app: FastAPI, *, basic: bool = False) -> None:
+    """Make ``app``'s OpenAPI document say what its ``/v1`` operations really take
+    and answer: an API key as a bearer token (with ``basic``, also as the HTTP Basic
+    user name, as Segment libraries send it), so ``/docs`` has an "Authorize" button
+    and generated clients send the key; 401/403 for a missing or insufficient key;
+    and the service's own 422 body (``{"errors": [{field, message}]}``), not
+    FastAPI's default. Probes, metrics and the dashboard stay open. Call it last
+    (after any ``app.openapi`` of the service's own)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached in app.openapi_schema: changed once
+        components = schema.setdefault("components", {})
+        schemes = components.setdefault("securitySchemes", {})
+        if "apiKey" in schemes:
+            return schema
+        schemes["apiKey"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`hs_…`): `Authorization: Bearer <key>`.",
+        }
+        required: list[dict[str, list[str]]] = [{"apiKey": []}]
+        if basic:
+            schemes["segmentWriteKey"] = {
+                "type": "http",
+                "scheme": "basic",
+                "description": "Segment style: the API key as user name, no password.",
+            }
+            required.append({"segmentWriteKey": []})
+        schemas = components.setdefault("schemas", {})
+        default_422 = "#/components/schemas/HTTPValidationError"
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                body = responses.get("422", {}).get("content", {}).get("application/json", {})
+                if body.get("schema", {}).get("$ref") == default_422:
+                    body["schema"] = {"$ref": "#/components/schemas/InvalidRequest"}
+                    schemas["InvalidRequest"] = _INVALID_REQUEST
+                if path.startswith("/v1/"):
+                    operation.setdefault("security", required)
+                    responses.setdefault("401", _DETAIL | {"description": "No valid API key"})
+                    responses.setdefault("403", _DETAIL | {"description": "Key lacks the scope"})
+        schemas.pop("HTTPValidationError", None)  # referenced no more
+        schemas.pop("ValidationError", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.alerts.api import router
 from services.alerts.settings import AlertsSettings
 from shared import db
-from shared.auth import KeyStore, document_api_keys
-from shared.http import MAX_BODY_BYTES, install_common
+from shared.auth import KeyStore
+from shared.http import MAX_BODY_BYTES, document_api, install_common
 from shared.kafka import broker_reachable
 from shared.runner import WorkerStatus
 
@@ -44,7 +44,7 @@ def create_app(settings: AlertsSettings, workers: WorkerStatus | None = None) ->
         max_body_size=MAX_BODY_BYTES,
     )
     app.include_router(router)
-    document_api_keys(app)
+    document_api(app)
 
     @app.middleware("http")
     async def refuse_nul(

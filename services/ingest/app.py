@@ -55,9 +55,9 @@ from services.ingest.validation import (
     validate_one,
 )
 from shared import db
-from shared.auth import ApiKey, KeyStore, Scope, document_api_keys, key_from_headers
+from shared.auth import ApiKey, KeyStore, Scope, key_from_headers
 from shared.events import MAX_REQUEST_BYTES
-from shared.http import install_common
+from shared.http import document_api, install_common
 from shared.kafka import broker_reachable, ensure_topics, make_producer
 
 SEGMENT_ROUTES = ("track", "identify", "group", "page", "screen", "alias")
@@ -280,7 +280,7 @@ def create_app(settings: IngestSettings) -> FastAPI:
         _add_single_route(app, kind, segment)
 
     openapi_docs.install(app)
-    document_api_keys(app, basic=True)
+    document_api(app, basic=True)
     return app
 
 

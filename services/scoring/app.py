@@ -23,8 +23,8 @@ from services.scoring.score_model import ModelError, load_model
 from services.scoring.settings import ScoringSettings
 from services.scoring.sweep import run_sweeper
 from shared import db
-from shared.auth import KeyStore, document_api_keys
-from shared.http import MAX_BODY_BYTES, install_common
+from shared.auth import KeyStore
+from shared.http import MAX_BODY_BYTES, document_api, install_common
 from shared.kafka import broker_reachable
 from shared.runner import BATCH_GC_THRESHOLD, WorkerStatus
 
@@ -77,7 +77,7 @@ def create_app(settings: ScoringSettings, workers: WorkerStatus | None = None) -
         app, "scoring", {"database": database_ok, "broker": broker_ok, "consumer": consumer_ok}
     )
     app.include_router(router)
-    document_api_keys(app)
+    document_api(app)
     secret = (settings.session_secret or secrets.token_hex(32)).encode()
     app.include_router(dashboard_router(secret))
     mount_static(app)
