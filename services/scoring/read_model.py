@@ -90,13 +90,11 @@ def _decode_cursor(cursor: str, sort: str) -> tuple[Any, str]:
         s, key, account_id = orjson.loads(raw)
     except (binascii.Error, ValueError, TypeError):
         raise BadQuery("cursor", "not a cursor from this API") from None
-    if s != sort or not isinstance(account_id, str):
+    if s != sort:
         raise BadQuery("cursor", "cursor belongs to another sort order")
-    if not SORTS[sort].nullable:  # a name
-        if not isinstance(key, str):
-            raise BadQuery("cursor", "bad cursor")
-    elif not isinstance(key, int | float):
-        raise BadQuery("cursor", "bad cursor")
+    want = str if not SORTS[sort].nullable else int | float  # a name, or a number
+    if not isinstance(account_id, str) or not isinstance(key, want) or isinstance(key, bool):
+        raise BadQuery("cursor", "not a cursor from this API")
     return key, account_id
 
 

@@ -3,10 +3,12 @@ every KPI equals the value computed by hand (SPEC §4)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 
 import httpx
+import orjson
 import pytest
 
 from tests.integration.scoring_support import Stack, running_stack
@@ -312,6 +314,29 @@ async def test_api_cursor_of_another_sort_is_refused(api: httpx.AsyncClient) -> 
     page = (await api.get("/v1/accounts", params={"sort": "name", "limit": 1})).json()
     r = await api.get("/v1/accounts", params={"sort": "score", "cursor": page["next_cursor"]})
     assert r.status_code == 422 and "another sort" in r.text
+
+
+def _cursor(parts: list[object]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("sort", "parts"),
+    [
+        pytest.param("score", ["score", None, None], id="no-key"),
+        pytest.param("name", ["name", 5, {}], id="wrong-types"),
+        pytest.param("score", ["score", True, "a"], id="boolean-key"),
+        pytest.param("score", ["score", 3], id="too-short"),
+    ],
+)
+async def test_api_crafted_cursors_are_refused_as_such(
+    api: httpx.AsyncClient, sort: str, parts: list[object]
+) -> None:
+    """A cursor of the right sort but the wrong shape is not "of another sort"."""
+    r = await api.get("/v1/accounts", params={"sort": sort, "cursor": _cursor(parts)})
+    assert r.status_code == 422, r.text
+    refused = {"field": "query.cursor", "message": "not a cursor from this API"}
+    assert r.json()["errors"] == [refused]
 
 
 async def test_api_stakeholders_heatmap(api: httpx.AsyncClient) -> None:
