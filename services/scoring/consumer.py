@@ -45,7 +45,7 @@ from services.scoring.metrics import (
 )
 from services.scoring.score_model import ScoreModel
 from services.scoring.settings import ScoringSettings
-from shared.events import Event, WireError, decode_event
+from shared.events import Event, WireError, decode_event, time_problem
 from shared.kafka import (
     BrokerMemoryCheck,
     consume_until_stopped,
@@ -215,8 +215,17 @@ def received_times(events: Iterable[Event]) -> dict[str, Counter[float]]:
 
 def decode(raw: bytes | None) -> Event:
     """:func:`decode_event`: its schema is ingest's, NUL rule included (PostgreSQL
-    text cannot store U+0000), so only what ingest would have refused is dead-lettered."""
-    return decode_event(raw)
+    text cannot store U+0000), and so is its time window, checked against the time
+    ingest received the event (not now: a consumer that lags must not refuse what
+    ingest accepted). So only what ingest would have refused is dead-lettered — an
+    event written to the topic by anything else included: one dated years ahead
+    would otherwise break every evaluation of its account."""
+    event = decode_event(raw)
+    assert event.received_at is not None  # decode_event guarantees it
+    problem = time_problem(event, now=event.received_at)
+    if problem is not None:
+        raise WireError(problem)
+    return event
 
 
 class Pending:

@@ -470,7 +470,8 @@ u AS (  -- one row per user active in the window, its days as a bitmap (apply_de
     sum(bit_count(w30)) AS user_days_30d
   FROM (
     SELECT account_id,
-      CASE WHEN off >= 0 THEN get_bit(days, off) = 1 ELSE false END AS today,
+      CASE WHEN off >= 0 AND off < bit_length(days) THEN get_bit(days, off) = 1
+        ELSE false END AS today,
       substring(days FROM lo + 1 FOR greatest(0, off + 7 - lo)) AS w7,
       substring(days FROM lo + 1 FOR greatest(0, off + 30 - lo)) AS w30,
       substring(days FROM lo28 + 1 FOR greatest(0, off + 35 - lo28)) AS d28_34

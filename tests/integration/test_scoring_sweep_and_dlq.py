@@ -53,16 +53,29 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_keeps_going(stack:
         "user_id": "u1",
         "timestamp": NOW.isoformat(),
     }
-    await stack.send([], raw=[b"{not json", orjson.dumps(missing_received)])
+    # valid JSON and schema, but dated 500 days after ingest received it (written to
+    # the topic past ingest): it once made every evaluation of its round fail
+    years_ahead = missing_received | {
+        "id": "years-ahead",
+        "account_id": "from-the-future",
+        "timestamp": (NOW + timedelta(days=500)).isoformat(),
+        "received_at": NOW.isoformat(),
+    }
+    raw = [b"{not json", orjson.dumps(missing_received), orjson.dumps(years_ahead)]
+    await stack.send([], raw=raw)
     await stack.send([stack.event("login", "after-poison", D, user_id="u1")])
     await stack.wait_consumed()
     h = await stack.health("after-poison")
     assert h["kpis"]["dau"] == 1
-    dead = await _read_all(stack, stack.settings.topics.dlq, 2)
+    dead = await _read_all(stack, stack.settings.topics.dlq, 3)
     reasons = sorted(dict(m.headers)[REASON_HEADER].decode() for m in dead)  # type: ignore[attr-defined]
-    assert len(reasons) == 2
-    assert "not JSON" in reasons[0] or "not JSON" in reasons[1]
+    assert len(reasons) == 3
+    assert any("not JSON" in r for r in reasons)
     assert any("received_at" in r for r in reasons)
+    assert any("more than 5 minutes in the future" in r for r in reasons)
+    assert not await stack.pool.fetchval(
+        "SELECT count(*) FROM scoring_accounts WHERE account_id = 'from-the-future'"
+    )
     for m in dead:
         headers = dict(m.headers)  # type: ignore[attr-defined]
         assert headers["x-healthscore-topic"].decode() == stack.settings.topics.product

@@ -405,3 +405,41 @@ def test_scoring_keeps_text_that_merely_spells_the_escape() -> None:
 def test_decode_refuses_what_ingest_would_not_publish(raw: bytes | None) -> None:
     with pytest.raises(WireError):
         decode_event(raw)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "refused"),
+    [
+        pytest.param(NOW + timedelta(days=500), "in the future", id="years-ahead"),
+        pytest.param(NOW + timedelta(minutes=6), "in the future", id="past-the-5-minutes"),
+        pytest.param(NOW - timedelta(days=401), "older than 400 days", id="too-old"),
+        pytest.param(NOW + timedelta(minutes=4), None, id="within-the-5-minutes"),
+        pytest.param(NOW - timedelta(days=399), None, id="399-days"),
+    ],
+)
+def test_scoring_dead_letters_what_ingest_would_refuse_for_its_time(
+    timestamp: datetime, refused: str | None
+) -> None:
+    """Checked against the time ingest received the event: an event dated 500 days
+    ahead that reached the topic past ingest once stopped every evaluation of its
+    account (its bitmap offset was out of range)."""
+    from services.scoring.consumer import decode
+
+    raw = _wire(timestamp=timestamp.isoformat())
+    if refused is None:
+        assert decode(raw).timestamp == timestamp
+    else:
+        with pytest.raises(WireError, match=refused):
+            decode(raw)
+
+
+def test_scoring_judges_time_by_receipt_not_by_now() -> None:
+    """A consumer working through a backlog must not refuse what ingest accepted:
+    an event received 2 days ago about a day 399 days before that is fine."""
+    from services.scoring.consumer import decode
+
+    received = NOW - timedelta(days=2)
+    raw = _wire(
+        timestamp=(received - timedelta(days=399)).isoformat(), received_at=received.isoformat()
+    )
+    assert decode(raw).received_at == received
