@@ -9,6 +9,7 @@ only after that transaction commits (see consumer.py / sweep.py).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -51,6 +52,15 @@ class Evaluation:
     written: set[str]
 
 
+def digest(*parts: object) -> int:
+    """A stable signed 64-bit digest of what a snapshot says (``parts``: every field
+    but its time stamps, trigger and revision), stored with the score
+    (``scoring_scores.snapshot_digest``): a new revision is published when it
+    differs. ``hash()`` would not do: it changes from one process to the next."""
+    text = "\x1f".join(map(repr, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
+
+
 def _band(v: str | None) -> Band | None:
     return v if v in ("green", "yellow", "red") else None  # type: ignore[return-value]
 
@@ -67,9 +77,11 @@ async def evaluate_accounts(
     current: bool = True,
 ) -> Evaluation:
     """Evaluate ``account_ids`` as of ``as_of``; returns the snapshots to publish
-    (accounts whose score, band or KPIs changed, or whose last snapshot was never
-    published) and the accounts written. With ``current=False`` (rescore of a past
-    day) only the history row is written and nothing is published."""
+    (accounts whose snapshot would say something else than the last one — score,
+    band, KPIs, explanation, 7-day delta, coverage, grace, model version, name,
+    stage or CSM — or whose last snapshot was never published) and the accounts
+    written. With ``current=False`` (rescore of a past day) only the history row is
+    written and nothing is published."""
     states = await store.load_states(pg, account_ids, as_of, model.key_features)
     rows: list[store.ScoreRow] = []
     snapshots: list[Snapshot] = []
@@ -92,14 +104,32 @@ async def evaluate_accounts(
             if ev.score is None or st.score_7d_ago is None
             else round(ev.score - st.score_7d_ago, 2)
         )
-        changed = (
-            st.revision is None
-            or st.prev_score != ev.score
-            or st.prev_band != ev.band
-            or st.prev_kpis != kpis
-        )
-        revision = (st.revision or 0) + 1 if changed else (st.revision or 0)
         kpis_json = orjson.dumps(kpis).decode()
+        measures_json = store.pack_measures(ev.measures)
+        says = digest(
+            ev.score,
+            ev.band,
+            delta,
+            ev.coverage,
+            ev.model_version,
+            ev.in_grace_period,
+            kpis_json,
+            measures_json,
+            st.name,
+            st.lifecycle_stage,
+            st.csm,
+        )
+        # A new revision (and snapshot) when anything the snapshot says changed: the
+        # 7-day delta moves on its own, a grace period ends, an account is renamed
+        # or changes stage. A score written before scoring_0008 has no digest yet:
+        # compared as then (score, band, KPIs).
+        if st.revision is None:
+            changed = True
+        elif st.prev_digest is None:
+            changed = st.prev_score != ev.score or st.prev_band != ev.band or st.prev_kpis != kpis
+        else:
+            changed = st.prev_digest != says
+        revision = (st.revision or 0) + 1 if changed else (st.revision or 0)
         rows.append(
             store.ScoreRow(
                 account_id=st.account_id,
@@ -113,11 +143,12 @@ async def evaluate_accounts(
                 model_version=ev.model_version,
                 in_grace_period=ev.in_grace_period,
                 kpis_json=kpis_json,
-                measures_json=store.pack_measures(ev.measures),
+                measures_json=measures_json,
                 revision=revision,
                 prev_revision=st.revision,
                 prev_as_of=st.prev_as_of,
                 evaluated_seq=st.applied_seq,
+                snapshot_digest=says,
             )
         )
         if current and (changed or st.published_revision < revision):

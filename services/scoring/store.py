@@ -455,7 +455,8 @@ WITH a AS (SELECT DISTINCT unnest($1::text[]) AS account_id),
 -- MATERIALIZED: read once for the whole array; inlined, the planner probed the
 -- index once per account with the whole array again (quadratic in the batch).
 acc AS MATERIALIZED (SELECT * FROM scoring_accounts WHERE account_id = ANY({_ROUND})),
-sc AS MATERIALIZED (SELECT account_id, revision, as_of, score, band, kpis FROM scoring_scores
+sc AS MATERIALIZED (SELECT account_id, revision, as_of, score, band, kpis, snapshot_digest
+  FROM scoring_scores
   WHERE account_id = ANY({_ROUND})),
 pub AS MATERIALIZED (SELECT account_id, revision FROM scoring_published
   WHERE account_id = ANY({_ROUND})),
@@ -538,7 +539,8 @@ SELECT a.account_id,
   (SELECT h.score FROM scoring_days h WHERE h.account_id = a.account_id
      AND h.day = $2::date - 7) AS score_7d_ago,
   sc.revision, sc.as_of AS prev_as_of, pub.revision AS published_revision,
-  sc.score AS prev_score, sc.band AS prev_band, sc.kpis AS prev_kpis, acc.applied_seq
+  sc.score AS prev_score, sc.band AS prev_band, sc.kpis AS prev_kpis,
+  sc.snapshot_digest AS prev_digest, acc.applied_seq
 FROM a
 JOIN acc ON acc.account_id = a.account_id
 LEFT JOIN u ON u.account_id = a.account_id
@@ -568,6 +570,7 @@ class AccountState:
     prev_score: float | None
     prev_band: str | None
     prev_kpis: dict[str, KpiValue] | None
+    prev_digest: int | None  # of the snapshot the current score published (scoring_0008)
     applied_seq: int  # batches applied when the windows were read (same snapshot)
 
 
@@ -667,6 +670,7 @@ async def load_states(
                 prev_score=r["prev_score"],
                 prev_band=r["prev_band"],
                 prev_kpis=r["prev_kpis"],
+                prev_digest=r["prev_digest"],
                 applied_seq=r["applied_seq"],
             )
         )
@@ -720,6 +724,7 @@ class ScoreRow:
     prev_revision: int | None  # the revision the evaluation read (None: no score yet)
     prev_as_of: date | None  # the day of the current score the evaluation read
     evaluated_seq: int  # the account's applied_seq the evaluation read
+    snapshot_digest: int  # what its snapshot says (``evaluation.digest``)
 
 
 def json_texts(values: Sequence[str]) -> str:
@@ -751,6 +756,7 @@ _SCORE_PARAMS: tuple[tuple[str, str, Callable[[Any], str] | None], ...] = (
     ("sd", "{}::float8[]", None),
     ("rv", "{}::text::bigint[]", int_array),
     ("es", "{}::text::bigint[]", int_array),
+    ("dg", "{}::text::bigint[]", int_array),
 )
 
 
@@ -790,6 +796,7 @@ def _score_columns(rows: Sequence[ScoreRow]) -> list[list[Any]]:
         [r.score_delta_7d for r in rows],
         [r.revision for r in rows],
         [r.evaluated_seq for r in rows],
+        [r.snapshot_digest for r in rows],
     ]
 
 
@@ -839,10 +846,11 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
             f"""UPDATE scoring_scores AS t SET as_of = x.d, evaluated_at = x.e, score = x.s,
                   band = x.b, coverage = x.c, model_version = x.m, in_grace_period = x.g,
                   kpis = x.k::json, measures = x.ms::json, trigger = x.tr,
-                  score_delta_7d = x.sd, revision = x.rv,
+                  score_delta_7d = x.sd, revision = x.rv, snapshot_digest = x.dg,
                   evaluated_seq = CASE WHEN x.rv = t.revision
                     THEN GREATEST(t.evaluated_seq, x.es) ELSE x.es END
-                FROM {_SCORE_UNNEST}, $15::text::bigint[]) AS x({_SCORE_COLUMNS}, prv)
+                FROM {_SCORE_UNNEST}, ${len(_SCORE_PARAMS) + 1}::text::bigint[])
+                  AS x({_SCORE_COLUMNS}, prv)
                 WHERE t.account_id = x.a AND t.revision = x.prv AND t.as_of <= x.d
                 RETURNING t.account_id""",
             *_literals(_pick(cols, known)),
@@ -854,8 +862,8 @@ async def _save_current(pg: Pg, rows: Sequence[ScoreRow], cols: list[list[Any]])
         got = await pg.fetch(
             f"""INSERT INTO scoring_scores (account_id, as_of, evaluated_at, score, band,
                   coverage, model_version, in_grace_period, kpis, measures, trigger,
-                  score_delta_7d, revision, evaluated_seq)
-                SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv, es
+                  score_delta_7d, revision, evaluated_seq, snapshot_digest)
+                SELECT a, d, e, s, b, c, m, g, k::json, ms::json, tr, sd, rv, es, dg
                 FROM {_SCORE_UNNEST}) AS x({_SCORE_COLUMNS})
                 ON CONFLICT (account_id) DO NOTHING RETURNING account_id""",
             *_literals(_pick(cols, fresh)),
