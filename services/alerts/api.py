@@ -481,10 +481,15 @@ def _aware(t: datetime) -> datetime:
 async def replay_since(
     request: Request, since: Annotated[datetime, Query(description="ISO 8601 time")]
 ) -> dict[str, Any]:
-    """Replay every failed delivery created at or after ``since``."""
+    """Replay every failed delivery created at or after ``since``. Those whose webhook
+    was deleted cannot be sent any more: they are left failed and counted in ``skipped``."""
     async with _engine(request).begin() as conn:
         ids = await store.replay(conn, since=_aware(since))
-    return {"replayed": len(ids), "ids": ids}
+        skipped = await store.count_unreplayable(conn, since=_aware(since))
+    out: dict[str, Any] = {"replayed": len(ids), "ids": ids, "skipped": skipped}
+    if skipped:
+        out["skipped_reason"] = "their webhook was deleted"
+    return out
 
 
 @router.get("/deliveries/{delivery_id}")
@@ -505,18 +510,30 @@ async def get_delivery(delivery_id: str, request: Request) -> dict[str, Any]:
 
 @router.post("/deliveries/{delivery_id}/replay")
 async def replay_one(delivery_id: str, request: Request) -> dict[str, Any]:
-    """Send a failed (or disabled) delivery again, with the same webhook-id."""
+    """Send a failed (or disabled) delivery again, with the same webhook-id. 409 when
+    it is not failed or disabled, or when its webhook was deleted (nothing could send it)."""
     async with _engine(request).begin() as conn:
-        status = (
-            await conn.execute(select(deliveries.c.status).where(deliveries.c.id == delivery_id))
-        ).scalar_one_or_none()
-        if status is None:
+        found = (
+            await conn.execute(
+                select(deliveries.c.status, subscriptions.c.id)
+                .outerjoin(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
+                .where(deliveries.c.id == delivery_id)
+                .with_for_update(of=deliveries)
+            )
+        ).first()
+        if found is None:
             raise HTTPException(404, f"no delivery {delivery_id!r}")
+        status, subscription_id = found
         if status not in ("failed", "disabled"):
             raise HTTPException(
                 409,
                 f"delivery {delivery_id!r} is {status}; only failed or "
                 "disabled deliveries can be replayed",
+            )
+        if subscription_id is None:
+            raise HTTPException(
+                409,
+                f"delivery {delivery_id!r} cannot be replayed: its webhook was deleted",
             )
         await store.replay(conn, delivery_id=delivery_id)
     return {"replayed": 1, "ids": [delivery_id]}

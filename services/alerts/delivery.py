@@ -2,16 +2,23 @@
 attempt and decide what happens next (delivered, retry later, failed, disabled).
 
 Claiming: ``SELECT … FOR UPDATE SKIP LOCKED`` inside a short transaction that
-pushes ``next_attempt_at`` forward by a lease (the attempt timeout plus a margin),
-so several alerts processes never send the same row at once, and a row whose
-sender died (kill -9) becomes due again when the lease runs out. The HTTP request
-runs outside any transaction.
+pushes ``next_attempt_at`` forward by a lease, so several alerts processes never
+send the same row at once, and a row whose sender died (kill -9) becomes due again
+when the lease runs out. The HTTP request runs outside any transaction.
 
-SSRF guard (choice): a custom httpx transport, :class:`GuardedTransport`, resolves
-the host itself, checks every address (``ssrf.check_addresses``) and then connects
-to the checked IP, keeping the ``Host`` header and the TLS server name (SNI and
-certificate check) of the original host. A DNS answer that changes between check
-and connect therefore cannot redirect the request. Redirects are never followed.
+Deadline and lease: an attempt (resolving the host, connecting, sending, reading
+the answer) ends after ``HEALTHSCORE_WEBHOOK_TIMEOUT`` seconds in total, however
+slowly the receiver trickles bytes, and reads at most :data:`RESPONSE_READ_LIMIT`
+bytes of the answer. The lease is twice that deadline plus 15 s, so the attempt is
+over, and normally recorded, long before another worker may claim the row again:
+two attempts of one delivery never overlap.
+
+SSRF guard (choice): a custom httpcore network backend, :class:`GuardedBackend`,
+resolves the host itself, checks every address (``ssrf.check_addresses``) and
+connects to a checked IP. httpx and httpcore above it still see the URL's host
+name: connections are pooled per host name, and TLS (SNI and certificate check)
+always applies to the URL's host. A DNS answer that changes between check and
+connect therefore cannot redirect the request. Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import httpcore
 import httpx
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.alerts import metrics, signing, store
 from services.alerts.retry import RetryPolicy, parse_retry_after
 from services.alerts.settings import AlertsSettings
-from services.alerts.ssrf import AllowList, SsrfRefused, check_addresses
+from services.alerts.ssrf import AllowList, IPAddress, SsrfRefused, check_addresses
 from services.alerts.subscriptions import active_secrets
 from services.alerts.tables import deliveries, delivery_attempts, subscriptions
 
@@ -42,6 +51,14 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "Healthscore-Webhooks/1.0"
 CLAIM_LINGER = 0.005  # seconds; batches claims and bookkeeping under load
+# Bytes of an answer read at most (a receiver's answer is not used beyond its status
+# and headers): a short answer is read whole, so its connection is kept alive; a
+# longer one is left unread and its connection closed.
+RESPONSE_READ_LIMIT = 64 * 1024
+# lease = LEASE_FACTOR × deadline + LEASE_MARGIN: the attempt ends at its deadline;
+# the rest is time to record the outcome before another worker may claim the row.
+LEASE_FACTOR = 2
+LEASE_MARGIN = 15.0
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -55,45 +72,102 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return out
 
 
-class GuardedTransport(httpx.AsyncBaseTransport):
-    """Resolves, checks and connects to a checked address (see the module docstring)."""
+def lease_seconds(deadline: float) -> float:
+    """How long a claimed row stays leased to its worker, for an attempt deadline."""
+    return LEASE_FACTOR * deadline + LEASE_MARGIN
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that connects only to checked addresses.
+
+    ``connect_tcp`` is called by httpcore for each new connection, with the URL's
+    host: it resolves it with ``resolver`` (an IP literal is used as it is), refuses
+    it with :class:`SsrfRefused` when any address is not allowed, and connects to the
+    checked addresses in order until one answers. TLS is started afterwards by
+    httpcore on the returned stream, with the URL's host as server name."""
 
     def __init__(
         self,
         allow: AllowList,
-        inner: httpx.AsyncBaseTransport | None = None,
         resolver: Resolver = system_resolver,
+        inner: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
         self.allow = allow
-        self.inner = inner or httpx.AsyncHTTPTransport(retries=0)
         self.resolver = resolver
+        self.inner = inner or httpcore.AnyIOBackend()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    async def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """The checked addresses of ``host`` (SsrfRefused, or httpcore.ConnectError
+        when it does not resolve)."""
         try:
-            ipaddress.ip_address(host)
-            addresses = [host]  # an IP literal needs no resolution
+            addresses = [str(ipaddress.ip_address(host))]  # an IP literal needs no resolution
         except ValueError:
-            addresses = []
-        try:
-            addresses = addresses or await self.resolver(host, port)
-        except OSError as exc:
-            raise httpx.ConnectError(f"cannot resolve {host}: {exc}", request=request) from exc
-        ips = check_addresses(host, addresses, self.allow)
-        request.url = request.url.copy_with(host=str(ips[0]))
-        if request.url.scheme == "https":
-            request.extensions = {**request.extensions, "sni_hostname": host}
-        return await self.inner.handle_async_request(request)
+            try:
+                addresses = await self.resolver(host, port)
+            except OSError as exc:
+                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        return check_addresses(host, addresses, self.allow)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        ips = await self.resolve(host, port)
+        failure: Exception | None = None
+        for ip in ips:
+            try:
+                return await self.inner.connect_tcp(
+                    str(ip), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc  # try the next checked address
+        raise failure or httpcore.ConnectError(f"{host}: no address to connect to")
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise SsrfRefused(f"unix socket {path}: webhooks connect over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport (no retries, no proxy) over a :class:`GuardedBackend`.
+
+    ``verify``: the TLS trust (tests pass their own certificate authority)."""
+
+    def __init__(
+        self,
+        allow: AllowList,
+        resolver: Resolver = system_resolver,
+        verify: ssl.SSLContext | bool = True,
+        limits: httpx.Limits | None = None,
+    ) -> None:
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        super().__init__(verify=verify, trust_env=False, retries=0, limits=limits)
+        # httpx builds its httpcore pool without a way to choose the network backend:
+        # the same pool, with ours. The pool is keyed by the URL's (scheme, host, port).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(verify=verify, trust_env=False),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            retries=0,
+            network_backend=GuardedBackend(allow, resolver),
+        )
 
 
 def make_client(
     settings: AlertsSettings, resolver: Resolver = system_resolver
 ) -> httpx.AsyncClient:
-    """The one shared client: explicit timeout, no redirects, no proxies from env."""
+    """The one shared client: explicit timeout, no redirects, no proxies from env.
+    The per-step timeouts equal the attempt deadline, which :func:`attempt` enforces
+    over the whole exchange."""
     return httpx.AsyncClient(
         transport=GuardedTransport(settings.allowlist, resolver=resolver),
         timeout=httpx.Timeout(settings.webhook_timeout),
@@ -122,24 +196,51 @@ class AttemptResult:
         return "failed"
 
 
+async def _read_bounded(resp: httpx.Response, limit: int) -> int:
+    """Read at most about ``limit`` bytes of the answer (one network read more at
+    worst) and return how many were read. A longer answer stays unread: closing the
+    response then closes its connection instead of returning it to the pool."""
+    read = 0
+    # aiter_raw is an async generator (typed as an iterator): close it when we stop
+    chunks_ = cast(AsyncGenerator[bytes, None], resp.aiter_raw())
+    async with contextlib.aclosing(chunks_) as chunks:
+        async for chunk in chunks:
+            read += len(chunk)
+            if read >= limit:
+                break
+    return read
+
+
 async def attempt(
     client: httpx.AsyncClient,
     url: str,
     body: bytes,
     msg_id: str,
     secrets_: list[str] | None,
+    deadline: float | None = None,
 ) -> AttemptResult:
-    """One POST. ``secrets_`` None: unsigned (Slack format). Never raises for
+    """One POST, over within ``deadline`` seconds in total (DNS, connect, request,
+    answer; None: the client's read timeout, which :func:`make_client` sets to
+    HEALTHSCORE_WEBHOOK_TIMEOUT); at most :data:`RESPONSE_READ_LIMIT` bytes of the
+    answer are read. ``secrets_`` None: unsigned (Slack format). Never raises for
     network problems: they are the result."""
+    if deadline is None:
+        deadline = client.timeout.read or 15.0
     ts = int(time.time())
     headers = {"content-type": "application/json"}
     if secrets_ is not None:
         headers |= signing.headers(secrets_, msg_id, ts, body)
     started = time.perf_counter()
     try:
-        resp = await client.post(url, content=body, headers=headers)
+        async with asyncio.timeout(deadline):
+            async with client.stream("POST", url, content=body, headers=headers) as resp:
+                await _read_bounded(resp, RESPONSE_READ_LIMIT)
     except SsrfRefused as exc:
         return AttemptResult(None, f"refused: {exc}", time.perf_counter() - started)
+    except TimeoutError:  # the deadline (before OSError: TimeoutError is one)
+        duration = time.perf_counter() - started
+        metrics.ATTEMPT_DURATION.observe(duration)
+        return AttemptResult(None, f"timeout: no complete answer within {deadline:g} s", duration)
     except httpx.TimeoutException as exc:
         duration = time.perf_counter() - started
         metrics.ATTEMPT_DURATION.observe(duration)
@@ -176,7 +277,7 @@ class DeliveryWorker:
         self.client = client
         self.policy: RetryPolicy = settings.retry_policy
         self.wake = wake or asyncio.Event()
-        self.lease = timedelta(seconds=settings.webhook_timeout + 15)
+        self.lease = timedelta(seconds=lease_seconds(settings.webhook_timeout))
 
     async def listen(self, stop: asyncio.Event) -> None:
         """LISTEN for outbox notifications (rows added by any process, replays from the
@@ -329,7 +430,14 @@ class DeliveryWorker:
                 row["secret"], row["previous_secret"], row["previous_secret_expires_at"], now
             )
         )
-        return await attempt(self.client, row["url"], bytes(row["payload"]), row["id"], secrets_)
+        return await attempt(
+            self.client,
+            row["url"],
+            bytes(row["payload"]),
+            row["id"],
+            secrets_,
+            deadline=self.settings.webhook_timeout,
+        )
 
     async def deliver(self, row: dict[str, Any]) -> AttemptResult | None:
         """Attempt one row now and record the outcome (the test endpoint uses it)."""

@@ -2,8 +2,10 @@
 
 Refused unless allow-listed: loopback, private (RFC 1918 and friends), link-local
 (incl. the cloud metadata address 169.254.169.254), CGNAT (100.64.0.0/10),
-unique-local IPv6 (fc00::/7), IPv4-mapped IPv6 (::ffff:0:0/96, judged by the IPv4
-address inside too), multicast, unspecified and reserved addresses. The adapter
+unique-local IPv6 (fc00::/7), site-local IPv6 (fec0::/10, deprecated but still
+routed by some networks), IPv4-mapped IPv6 (::ffff:0:0/96) and 6to4 (2002::/16),
+both judged by the IPv4 address inside too, NAT64, the IETF protocol assignments
+192.0.0.0/24, multicast, unspecified and reserved addresses. The adapter
 (``delivery.py``) resolves the host itself, checks every address and connects
 to a checked one, so DNS rebinding between check and connect cannot slip through.
 """
@@ -20,6 +22,8 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+_IETF_PROTOCOL = ipaddress.ip_network("192.0.0.0/24")  # is_global is True for a few of them
 
 
 class SsrfRefused(Exception):
@@ -29,13 +33,18 @@ class SsrfRefused(Exception):
 def classify(ip: IPAddress) -> str | None:
     """Why ``ip`` is not a public address, or None when it is."""
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip in _MAPPED:
-            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-            return "ipv4-mapped" + (f" ({classify(inner)})" if classify(inner) else "")
+        if ip.ipv4_mapped is not None:
+            return _embedding("ipv4-mapped", ip.ipv4_mapped)
+        if ip.sixtofour is not None:  # 2002:AABB:CCDD::/48 is the IPv4 AA.BB.CC.DD's
+            return _embedding("6to4", ip.sixtofour)
         if ip in _NAT64:
             return "nat64"
         if ip in _UNIQUE_LOCAL:
             return "unique-local"
+        if ip in _SITE_LOCAL:
+            return "site-local"
+    elif ip in _IETF_PROTOCOL:
+        return "ietf-protocol"
     if ip.is_unspecified:
         return "unspecified"
     if ip.is_loopback:
@@ -51,6 +60,13 @@ def classify(ip: IPAddress) -> str | None:
     if ip.is_reserved or not ip.is_global:
         return "reserved"
     return None
+
+
+def _embedding(kind: str, inner: ipaddress.IPv4Address) -> str:
+    """An IPv6 address carrying an IPv4 one is as public as that one: it is refused
+    always, and names the embedded address's reason when that one is not public."""
+    reason = classify(inner)
+    return kind + (f" ({reason})" if reason else "")
 
 
 @dataclass(frozen=True)

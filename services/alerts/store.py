@@ -211,11 +211,24 @@ async def pending_count(conn: AsyncConnection) -> int:
     return int((await conn.execute(q)).scalar_one())
 
 
+def _subscription_exists() -> Any:
+    """The delivery's subscription still exists (deleting one keeps its deliveries)."""
+    return (
+        select(subscriptions.c.id)
+        .where(subscriptions.c.id == deliveries.c.subscription_id)
+        .exists()
+    )
+
+
 async def replay(
     conn: AsyncConnection, *, delivery_id: str | None = None, since: datetime | None = None
 ) -> list[str]:
     """Put failed (or disabled) deliveries back in the outbox, due now, keeping their
-    webhook-id and attempt history; returns their ids."""
+    webhook-id and attempt history; returns their ids.
+
+    Deliveries whose subscription was deleted are left as they are: no worker can send
+    them (it needs the subscription's URL and secret), so they would stay pending for
+    ever. :func:`count_unreplayable` counts them."""
     q = update(deliveries).values(
         status="pending", attempts=0, next_attempt_at=func.now(), last_error=None
     )
@@ -223,7 +236,21 @@ async def replay(
         q = q.where(deliveries.c.id == delivery_id, deliveries.c.status.in_(["failed", "disabled"]))
     else:
         q = q.where(deliveries.c.status == "failed", deliveries.c.created_at >= since)
+    q = q.where(_subscription_exists())
     ids = list((await conn.execute(q.returning(deliveries.c.id))).scalars())
     if ids:
         await notify_outbox(conn)
     return ids
+
+
+async def count_unreplayable(
+    conn: AsyncConnection, *, delivery_id: str | None = None, since: datetime | None = None
+) -> int:
+    """How many of the deliveries :func:`replay` would take (the same arguments) it
+    leaves alone because their subscription was deleted."""
+    q = select(func.count()).select_from(deliveries).where(~_subscription_exists())
+    if delivery_id is not None:
+        q = q.where(deliveries.c.id == delivery_id, deliveries.c.status.in_(["failed", "disabled"]))
+    else:
+        q = q.where(deliveries.c.status == "failed", deliveries.c.created_at >= since)
+    return int((await conn.execute(q)).scalar_one())

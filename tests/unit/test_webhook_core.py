@@ -209,6 +209,16 @@ def test_retry_schedule_jitter_and_retry_after() -> None:
         ("100.64.0.1", "cgnat"),
         ("fd00::1", "unique-local"),
         ("::ffff:127.0.0.1", "ipv4-mapped (loopback)"),
+        pytest.param("::ffff:93.184.216.34", "ipv4-mapped", id="ipv4-mapped-public"),
+        pytest.param("2002:a9fe:a9fe::", "6to4 (link-local)", id="6to4-metadata"),
+        pytest.param("2002:7f00:1::1", "6to4 (loopback)", id="6to4-loopback"),
+        pytest.param("2002:a00:1::", "6to4 (private)", id="6to4-private"),
+        pytest.param("2002:5db8:d822::", "6to4", id="6to4-public"),
+        pytest.param("fec0::1", "site-local", id="site-local"),
+        pytest.param("feff::1", "site-local", id="site-local-end"),
+        pytest.param("192.0.0.9", "ietf-protocol", id="ietf-192.0.0.9"),
+        pytest.param("192.0.0.170", "ietf-protocol", id="ietf-nat64-discovery"),
+        pytest.param("192.0.1.1", None, id="just-past-192.0.0.0/24"),
         ("224.0.0.1", "multicast"),
         ("0.0.0.0", "unspecified"),
         ("93.184.216.34", None),
@@ -225,6 +235,8 @@ def test_ssrf_refuses_unless_allow_listed() -> None:
         check_addresses("metadata.internal", ["169.254.169.254"], none)
     with pytest.raises(SsrfRefused):  # one bad address among good ones is enough
         check_addresses("mixed.example", ["93.184.216.34", "10.0.0.1"], none)
+    with pytest.raises(SsrfRefused, match=r"6to4 \(link-local\)"):  # 169.254.169.254 inside
+        check_addresses("sixtofour.example", ["2002:a9fe:a9fe::1"], none)
     assert check_addresses("example.com", ["93.184.216.34"], none)
     allow = AllowList.parse("127.0.0.1/32, receiver.local")
     assert check_addresses("localhost", ["127.0.0.1"], allow)
