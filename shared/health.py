@@ -4,18 +4,28 @@ consumes (one message per account whenever its score, band or KPIs change).
 Keyed by ``account_id``. ``revision`` increases by one with every snapshot
 published for an account, so a consumer can ignore a redelivered or older
 message (process only ``revision > last seen``).
+
+Validation refuses what alerts could never record: a NUL character (U+0000) in any
+string (the NUL rule of :mod:`shared.events`: PostgreSQL text and JSON cannot hold
+it) and a non-finite number (NaN, ±infinity) as score, delta, coverage or KPI value
+(a JSON column cannot hold it, and NaN compares false with everything). Such a
+message is not a snapshot: the alerts consumer dead-letters it (SPEC §8).
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.events import NO_NUL
 
 Band = Literal["green", "yellow", "red"]
-KpiValue = float | int | bool | None
+Text = Annotated[str, NO_NUL]
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # NaN and ±inf refused
+KpiValue = Finite | int | bool | None
 
 # The KPIs of SPEC §4, in order: the keys of a snapshot's ``kpis``. The one list of
 # KPI names: scoring computes exactly these (services/scoring/kpis.py), score model
@@ -50,8 +60,8 @@ class MeasureResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kpi: str
-    group: str | None = None
+    kpi: Text
+    group: Text | None = None
     value: KpiValue
     points: float | None  # 0–100; None when the KPI is null (measure left out)
     weight: float  # effective weight after renormalisation (0 when left out)
@@ -62,22 +72,22 @@ class MeasureResult(BaseModel):
 class HealthSnapshot(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    account_id: str
+    account_id: Text
     revision: int
     as_of: date
     evaluated_at: AwareDatetime
     trigger: Literal["events", "sweep", "rescore"]
-    account_name: str | None = None
-    lifecycle_stage: str | None = None
-    csm: str | None = None
-    score: float | None
+    account_name: Text | None = None
+    lifecycle_stage: Text | None = None
+    csm: Text | None = None
+    score: Finite | None
     band: Band | None
     previous_band: Band | None = None
-    score_delta_7d: float | None = None
-    coverage: float
-    model_version: str
+    score_delta_7d: Finite | None = None
+    coverage: Finite
+    model_version: Text
     in_grace_period: bool
-    kpis: dict[str, KpiValue]
+    kpis: dict[Text, KpiValue]
     measures: list[MeasureResult]
     # Earliest ingest acceptance time among the events that caused this evaluation
     # (None for sweeps): lets alerts measure event → alert latency.

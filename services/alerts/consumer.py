@@ -5,7 +5,9 @@ revision per account, consumed offsets) → Kafka commit.
 Idempotent: snapshots with ``revision <= last seen`` for their account are skipped,
 and offsets live in Postgres next to the state (the consumer seeks to them on
 assignment), so a redelivered message never creates a second alert. A message
-that is not a snapshot goes to the dead-letter topic with the reason.
+that is not a snapshot goes to the dead-letter topic with the reason, and so does
+a snapshot PostgreSQL refuses to store (:func:`record_batch`): one message never
+stalls the consumer (SPEC §8).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from aiokafka import (
 from pydantic import ValidationError
 from sqlalchemy import delete, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.alerts import metrics, payloads, store
@@ -40,6 +43,10 @@ from shared.kafka import BrokerMemoryCheck, consume_until_stopped, dead_letter
 
 log = logging.getLogger(__name__)
 IDLE_CHECK_SECONDS = 5.0  # idle this long: ask whether the broker still knows us
+# SQLSTATE classes saying PostgreSQL refused a statement's data: 22 data exception
+# (e.g. 22021 a NUL in text, 22P02 NaN in a JSON column), 23 integrity constraint
+# violation, 54 program limit exceeded (e.g. an index row too large).
+DATA_ERROR_CLASSES = frozenset({"22", "23", "54"})
 
 
 def new_alert_id() -> str:
@@ -52,6 +59,12 @@ class BatchResult:
     skipped_stale: int = 0
     transitions: list[tuple[str, str]] = field(default_factory=list)  # (rule id, transition)
     outbox_rows: int = 0
+
+    def add(self, other: BatchResult) -> None:
+        self.snapshots += other.snapshots
+        self.skipped_stale += other.skipped_stale
+        self.transitions += other.transitions
+        self.outbox_rows += other.outbox_rows
 
 
 def _excerpt(s: HealthSnapshot) -> dict[str, Any]:
@@ -308,24 +321,98 @@ async def _store_offsets(conn: AsyncConnection, offsets: dict[TopicPartition, in
     )
 
 
+async def _dead_letter(producer: AIOKafkaProducer, dlq_topic: str, msg: Any, reason: str) -> None:
+    log.warning(
+        "dead-lettered a health message",
+        extra={"partition": msg.partition, "offset": msg.offset, "reason": reason[:500]},
+    )
+    await dead_letter(producer, dlq_topic, msg, reason)
+    metrics.DEAD_LETTERED.inc()
+
+
 async def decode_or_dead_letter(
     messages: Sequence[Any], producer: AIOKafkaProducer, dlq_topic: str
-) -> list[HealthSnapshot]:
-    """The snapshots of ``messages``; a message that is not one (corrupt, or failing
-    validation) goes to the dead-letter topic with the reason (SPEC §8)."""
-    snapshots: list[HealthSnapshot] = []
+) -> list[tuple[Any, HealthSnapshot]]:
+    """``(message, snapshot)`` for each message of ``messages`` that is a snapshot; a
+    message that is not one (corrupt, or failing validation: a NUL character, a NaN
+    KPI…) goes to the dead-letter topic with the reason (SPEC §8)."""
+    decoded: list[tuple[Any, HealthSnapshot]] = []
     for msg in messages:
         try:
-            snapshots.append(HealthSnapshot.decode(msg.value))
+            decoded.append((msg, HealthSnapshot.decode(msg.value)))
         except (ValidationError, ValueError) as exc:
-            reason = f"not a health snapshot: {exc}"
-            log.warning(
-                "dead-lettered a health message",
-                extra={"partition": msg.partition, "offset": msg.offset, "reason": reason[:500]},
-            )
-            await dead_letter(producer, dlq_topic, msg, reason)
-            metrics.DEAD_LETTERED.inc()
-    return snapshots
+            await _dead_letter(producer, dlq_topic, msg, f"not a health snapshot: {exc}")
+    return decoded
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says PostgreSQL (or the driver, encoding a parameter) refused
+    the data of a statement: the same snapshot would fail the same way on every
+    retry. A lost connection, a server shutting down, a timeout or anything else is
+    not: that is an outage (or a bug), and must not dead-letter anything."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return False
+        cause = (exc.orig.__cause__ or exc.orig) if exc.orig is not None else None
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            return sqlstate[:2] in DATA_ERROR_CLASSES
+        # asyncpg's own DataError (a ValueError): "invalid input for query argument"
+        return isinstance(cause, ValueError)
+    # a value SQLAlchemy itself could not bind (e.g. JSON serialisation)
+    return isinstance(exc, StatementError) and isinstance(exc.orig, ValueError | TypeError)
+
+
+def _refusal(exc: BaseException) -> str:
+    """The database's own words for why it refused a snapshot (first line)."""
+    orig = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    cause = orig.__cause__ or orig
+    sqlstate = getattr(cause, "sqlstate", None)
+    text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    return f"{text} (SQLSTATE {sqlstate})" if sqlstate else text
+
+
+async def record_batch(
+    engine: AsyncEngine,
+    decoded: Sequence[tuple[Any, HealthSnapshot]],
+    offsets: dict[TopicPartition, int],
+    dashboard_url: str,
+    producer: AIOKafkaProducer,
+    dlq_topic: str,
+) -> BatchResult:
+    """Apply the snapshots of one batch and store its offsets, in one transaction.
+
+    When PostgreSQL refuses the batch's data (:func:`is_data_error`), the snapshots
+    are applied again one at a time, each under its own savepoint, in one new
+    transaction: a snapshot refused again goes to the dead-letter topic with the
+    database's reason and the others are recorded, so one message never stalls the
+    consumer. Any other failure (the database unreachable…) propagates, as before:
+    nothing is dead-lettered, no offset is stored, and the batch is read again."""
+    try:
+        async with engine.begin() as conn:
+            result = await apply_snapshots(conn, [s for _, s in decoded], dashboard_url)
+            await _store_offsets(conn, offsets)
+        return result
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        log.warning(
+            "the database refused a batch: applying its snapshots one at a time",
+            extra={"snapshots": len(decoded), "reason": _refusal(exc)[:500]},
+        )
+    result = BatchResult()
+    async with engine.begin() as conn:
+        for msg, snap in sorted(decoded, key=lambda d: (d[1].account_id, d[1].revision)):
+            try:
+                async with conn.begin_nested():
+                    result.add(await apply_snapshots(conn, [snap], dashboard_url))
+            except Exception as exc:
+                if not is_data_error(exc):
+                    raise
+                reason = f"the database refused the snapshot: {_refusal(exc)}"
+                await _dead_letter(producer, dlq_topic, msg, reason)
+        await _store_offsets(conn, offsets)
+    return result
 
 
 async def run_consumer(
@@ -337,7 +424,7 @@ async def run_consumer(
 ) -> None:
     """Consume the health topic until ``stop`` is set; finishes the batch in hand.
     Sets ``outbox_changed`` after a commit that added deliveries (wakes the workers).
-    ``producer`` writes undecodable messages to the dead-letter topic."""
+    ``producer`` writes the messages that cannot be processed to the dead-letter topic."""
 
     def subscribe(consumer: AIOKafkaConsumer, check: BrokerMemoryCheck) -> None:
         consumer.subscribe(
@@ -357,14 +444,14 @@ async def run_consumer(
             if await check.lost_state(batches):
                 return True  # the batch is from a new log: drop it, rebuild
             idle_since = time.monotonic()
-            snapshots: list[HealthSnapshot] = []
+            decoded: list[tuple[Any, HealthSnapshot]] = []
             offsets: dict[TopicPartition, int] = {}
             for tp, messages in batches.items():
-                snapshots += await decode_or_dead_letter(messages, producer, settings.topics.dlq)
+                decoded += await decode_or_dead_letter(messages, producer, settings.topics.dlq)
                 offsets[tp] = messages[-1].offset + 1
-            async with engine.begin() as conn:
-                result = await apply_snapshots(conn, snapshots, settings.dashboard_url)
-                await _store_offsets(conn, offsets)
+            result = await record_batch(
+                engine, decoded, offsets, settings.dashboard_url, producer, settings.topics.dlq
+            )
             for rule_id, transition in result.transitions:
                 metrics.ALERTS.labels(rule_id, transition).inc()
             if result.outbox_rows and outbox_changed is not None:

@@ -122,6 +122,13 @@ def _kind_ctx(kpi: str) -> dict[str, str]:
     return {"kpi": kpi, "values": values[kpi_kind(kpi)]}
 
 
+def _shown(v: Threshold) -> str:
+    """A threshold as a rule file writes it (``true``, ``red``, ``0.5``)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return f"{v:.15g}" if isinstance(v, float) else v
+
+
 def describe(exc: ValidationError) -> str:
     """One line naming each invalid field: ``kpi: unknown KPI …; threshold: …``."""
     return "; ".join(
@@ -195,6 +202,36 @@ class Rule(BaseModel):
             )
         return v
 
+    @field_validator("resolve_threshold")
+    @classmethod
+    def _resolve_on_the_recovered_side(
+        cls, v: Threshold | None, info: ValidationInfo
+    ) -> Threshold | None:
+        # The alert resolves once ``value op resolve_threshold`` no longer holds. On the
+        # wrong side of the threshold that happens while the condition still holds
+        # (``< 0.5`` resolving at 0.45 when resolve_threshold is 0.4): the alert
+        # resolves, then fires again after every cooldown. Refuse it.
+        op, threshold = info.data.get("op"), info.data.get("threshold")
+        if v is None or op is None or threshold is None or "kpi" not in info.data:
+            return v  # absent, or another field is invalid (already reported)
+        if op in ("==", "!="):
+            wrong, need = v != threshold, "equal the threshold (or be omitted)"
+        elif not (isinstance(v, float) and isinstance(threshold, float)):
+            return v  # not numbers: the type check above has refused it
+        elif op in ("<", "<="):
+            wrong, need = v < threshold, "be at or above the threshold"
+        else:
+            wrong, need = v > threshold, "be at or below the threshold"
+        if wrong:
+            raise PydanticCustomError(
+                "resolve_threshold_side",
+                "with {op} {threshold} the resolve_threshold must {need}: {resolve} would "
+                "resolve the alert while the condition still holds (and it would fire "
+                "again after each cooldown)",
+                {"op": op, "threshold": _shown(threshold), "need": need, "resolve": _shown(v)},
+            )
+        return v
+
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
@@ -238,9 +275,11 @@ def kpi_value(snapshot: HealthSnapshot, kpi: str) -> Value:
 
 
 def compare(value: Value, op: str, threshold: Threshold) -> bool | None:
-    """``value op threshold``; None when it cannot be decided (null value, or types
-    that do not compare, e.g. a number against a band)."""
-    if value is None:
+    """``value op threshold``; None when it cannot be decided (null value, a number
+    that is not finite — NaN compares false with everything, so ``not (nan < 0)``
+    would resolve an open alert — or types that do not compare, e.g. a number
+    against a band)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None
     if isinstance(threshold, str) != isinstance(value, str):
         return None

@@ -482,6 +482,20 @@ AUDIT_RULE = {
             "nps is a number",
             id="resolve-threshold",
         ),
+        pytest.param(
+            "POST",
+            "/v1/rules",
+            {
+                "name": "x",
+                "kpi": "license_utilization",
+                "op": "<",
+                "threshold": 0.5,
+                "resolve_threshold": 0.4,
+            },
+            "resolve_threshold",
+            "with < 0.5 the resolve_threshold must be at or above the threshold",
+            id="resolve-threshold-wrong-side",
+        ),
     ],
 )
 async def test_rules_on_unknown_kpis_or_mismatched_types_are_refused(

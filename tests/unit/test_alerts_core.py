@@ -12,7 +12,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, StatementError
 
+from services.alerts.consumer import is_data_error
 from services.alerts.rules import RULE_KPIS, Rule, compare, kpi_kind, load_rules, parse_duration
 from services.alerts.state_machine import RuleState, band_change, evaluate
 from shared.health import KPI_NAMES, HealthSnapshot
@@ -96,6 +98,22 @@ def test_null_values_neither_fire_nor_count_nor_resolve() -> None:
     assert transitions == [None, None, "fired", None, "resolved"]
 
 
+def test_a_non_finite_value_is_treated_like_null() -> None:
+    """NaN compares false with everything: ``not (nan < 0.5)`` used to resolve an open
+    alert. A value that is not a finite number decides nothing, like null (snapshot
+    validation refuses one; this is the rule's own guard, so the snapshots are built
+    without validation)."""
+    rule = LOW_UTIL.model_copy(update={"for_evaluations": 2})
+    state, out = RuleState(), []
+    for i, v in enumerate([0.4, float("nan"), 0.4, float("nan"), float("-inf"), 0.3]):
+        s = snap(i + 1, T0 + timedelta(hours=i))
+        s = s.model_copy(update={"kpis": {"license_utilization": v}})
+        state, event = evaluate(rule, state, s, f"a{i}")
+        out.append(event.transition if event else None)
+    assert out == [None, None, "fired", None, None, None]
+    assert state.is_open and state.consecutive == 3
+
+
 def test_grace_period_is_respected_by_default_and_can_be_ignored() -> None:
     transitions, _ = run(LOW_UTIL, [0.1, 0.1], in_grace_period=True)
     assert transitions == [None, None]
@@ -132,6 +150,10 @@ def test_score_delta_rule() -> None:
         pytest.param("red", "<", 2.0, None, id="band-vs-number"),
         pytest.param(3, "==", True, None, id="number-vs-bool"),
         pytest.param(True, "!=", False, True, id="bool-ne"),
+        pytest.param(float("nan"), "<", 0.5, None, id="nan"),
+        pytest.param(float("nan"), "!=", 0.5, None, id="nan-ne"),
+        pytest.param(float("inf"), ">", 21.0, None, id="inf"),
+        pytest.param(float("-inf"), "<", 0.0, None, id="minus-inf"),
     ],
 )
 def test_compare(value: Any, op: str, threshold: Any, expected: bool | None) -> None:
@@ -238,6 +260,48 @@ def test_invalid_rules_are_refused(bad: dict[str, Any]) -> None:
             "must be a finite number",
             id="nan",
         ),
+        pytest.param(
+            {"kpi": "license_utilization", "op": "<", "threshold": 0.5, "resolve_threshold": 0.4},
+            "resolve_threshold",
+            "with < 0.5 the resolve_threshold must be at or above the threshold: 0.4 would",
+            id="resolve-below-lt",
+        ),
+        pytest.param(
+            {"kpi": "score_delta_7d", "op": "<=", "threshold": -15, "resolve_threshold": -20},
+            "resolve_threshold",
+            "with <= -15 the resolve_threshold must be at or above the threshold",
+            id="resolve-below-le",
+        ),
+        pytest.param(
+            {"kpi": "champion_silence_days", "op": ">", "threshold": 21, "resolve_threshold": 30},
+            "resolve_threshold",
+            "with > 21 the resolve_threshold must be at or below the threshold: 30 would",
+            id="resolve-above-gt",
+        ),
+        pytest.param(
+            {"kpi": "days_since_last_activity", "op": ">=", "threshold": 7, "resolve_threshold": 8},
+            "resolve_threshold",
+            "with >= 7 the resolve_threshold must be at or below the threshold",
+            id="resolve-above-ge",
+        ),
+        pytest.param(
+            {"kpi": "band", "op": "==", "threshold": "red", "resolve_threshold": "yellow"},
+            "resolve_threshold",
+            "with == red the resolve_threshold must equal the threshold (or be omitted)",
+            id="resolve-other-band",
+        ),
+        pytest.param(
+            {"kpi": "champion_left", "op": "==", "threshold": True, "resolve_threshold": False},
+            "resolve_threshold",
+            "with == true the resolve_threshold must equal the threshold (or be omitted)",
+            id="resolve-other-boolean",
+        ),
+        pytest.param(
+            {"kpi": "nps", "op": "!=", "threshold": 0, "resolve_threshold": 1},
+            "resolve_threshold",
+            "with != 0 the resolve_threshold must equal the threshold",
+            id="resolve-ne",
+        ),
     ],
 )
 def test_invalid_rules_name_the_field_at_fault(
@@ -248,6 +312,49 @@ def test_invalid_rules_name_the_field_at_fault(
     errors = caught.value.errors()
     assert [e["loc"] for e in errors] == [(field,)]
     assert message in errors[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "values", "expected"),
+    [
+        pytest.param(
+            {"kpi": "license_utilization", "op": "<", "threshold": 0.5, "resolve_threshold": 0.6},
+            [0.45, 0.55, 0.6],
+            [("fired"), None, "resolved"],
+            id="lt-above",
+        ),
+        pytest.param(
+            {"kpi": "nps", "op": "<=", "threshold": 0, "resolve_threshold": 0},
+            [0, 0, 1],
+            ["fired", None, "resolved"],
+            id="le-equal",
+        ),
+        pytest.param(
+            {"kpi": "champion_silence_days", "op": ">", "threshold": 21, "resolve_threshold": 14},
+            [22, 15, 14],
+            ["fired", None, "resolved"],
+            id="gt-below",
+        ),
+        pytest.param(
+            {"kpi": "band", "op": "==", "threshold": "red", "resolve_threshold": "red"},
+            ["red", "red", "yellow"],
+            ["fired", None, "resolved"],
+            id="band-same",
+        ),
+        pytest.param(
+            {"kpi": "champion_left", "op": "!=", "threshold": False, "resolve_threshold": False},
+            [True, True, False],
+            ["fired", None, "resolved"],
+            id="boolean-same",
+        ),
+    ],
+)
+def test_a_resolve_threshold_on_the_recovered_side_is_accepted(
+    rule: dict[str, Any], values: list[Any], expected: list[str | None]
+) -> None:
+    """The alert stays open while the condition holds, and resolves past the
+    resolve threshold (the rules a wrong-side resolve_threshold would make flap)."""
+    assert run(Rule.model_validate({"name": "x", "cooldown": 0} | rule), values)[0] == expected
 
 
 def test_every_kpi_and_score_field_can_be_named_with_a_threshold_of_its_type() -> None:
@@ -325,3 +432,82 @@ def test_state_machine_invariants(
     for (i, t), (j, u) in pairwise(events):
         if t == "resolved" and u == "fired":
             assert j - i >= cooldown_hours
+
+
+# --- the snapshot alerts consumes -------------------------------------------------
+
+
+def _snapshot_json(**changes: Any) -> dict[str, Any]:
+    return snap(nps=-5).model_dump(mode="json") | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        pytest.param({"account_id": "a\u0000b"}, "account_id", "NUL", id="nul-account-id"),
+        pytest.param({"account_name": "Acme\u0000"}, "account_name", "NUL", id="nul-name"),
+        pytest.param({"csm": "\u0000"}, "csm", "NUL", id="nul-csm"),
+        pytest.param({"lifecycle_stage": "x\u0000"}, "lifecycle_stage", "NUL", id="nul-stage"),
+        pytest.param({"model_version": "v\u0000"}, "model_version", "NUL", id="nul-model"),
+        pytest.param({"kpis": {"n\u0000ps": 1}}, "kpis.n\u0000ps.[key]", "NUL", id="nul-kpi-name"),
+        pytest.param({"score": float("nan")}, "score", "finite", id="nan-score"),
+        pytest.param({"score_delta_7d": float("-inf")}, "score_delta_7d", "finite", id="inf-delta"),
+        pytest.param({"coverage": float("inf")}, "coverage", "finite", id="inf-coverage"),
+        pytest.param({"kpis": {"nps": float("nan")}}, "kpis.nps.float", "finite", id="nan-kpi"),
+    ],
+)
+def test_a_snapshot_alerts_could_not_store_is_not_a_snapshot(
+    changes: dict[str, Any], field: str, message: str
+) -> None:
+    """NUL characters (PostgreSQL text and JSON cannot hold them) and non-finite numbers
+    (a JSON column cannot, and NaN decides nothing) fail validation, so the consumer
+    dead-letters the message instead of failing its batch's transaction."""
+    with pytest.raises(ValidationError) as caught:
+        HealthSnapshot.model_validate(_snapshot_json(**changes))
+    locs = [".".join(str(p) for p in e["loc"]) for e in caught.value.errors()]
+    assert field in locs, locs
+    assert message in caught.value.errors()[locs.index(field)]["msg"]
+
+
+def test_a_nan_literal_in_the_json_of_a_snapshot_is_refused() -> None:
+    raw = snap(nps=-5).encode().replace(b'"nps":-5', b'"nps":NaN')
+    assert b"NaN" in raw
+    with pytest.raises(ValidationError, match="finite number"):
+        HealthSnapshot.decode(raw)
+    good = HealthSnapshot.decode(snap(nps=-5, champion_left=True, dau=3, stickiness=0.5).encode())
+    assert good.kpis == {"nps": -5, "champion_left": True, "dau": 3, "stickiness": 0.5}
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__(f"server said {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(
+    ("exc", "data"),
+    [
+        pytest.param(DBAPIError("INSERT", {}, _PgError("22021")), True, id="nul-in-text"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("22P02")), True, id="nan-in-json"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("23514")), True, id="check-violation"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("54000")), True, id="index-row-too-big"),
+        pytest.param(DBAPIError("INSERT", {}, ValueError("bad argument")), True, id="encoding"),
+        pytest.param(StatementError("bind", "INSERT", {}, TypeError("json")), True, id="bind"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("57P01")), False, id="admin-shutdown"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("08006")), False, id="connection-failure"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("40P01")), False, id="deadlock"),
+        pytest.param(DBAPIError("INSERT", {}, _PgError("42P01")), False, id="not-migrated"),
+        pytest.param(
+            DBAPIError("INSERT", {}, _PgError("22021"), connection_invalidated=True),
+            False,
+            id="connection-invalidated",
+        ),
+        pytest.param(DBAPIError("INSERT", {}, ConnectionResetError()), False, id="reset"),
+        pytest.param(ConnectionRefusedError(), False, id="refused"),
+        pytest.param(TimeoutError(), False, id="timeout"),
+    ],
+)
+def test_only_data_the_database_refuses_is_dead_lettered(exc: BaseException, data: bool) -> None:
+    """A batch whose data PostgreSQL refuses is retried one snapshot at a time and the
+    refused one dead-lettered; an outage (or a bug) must never dead-letter anything."""
+    assert is_data_error(exc) is data
