@@ -18,7 +18,7 @@ from services.scoring.clock import FixedClock
 from services.scoring.consumer import new_producer, run_consumer
 from services.scoring.score_model import ScoreModel, load_model
 from services.scoring.settings import ScoringSettings
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import ensure_topics, make_consumer, make_producer
 
 
 def settings_from(env: dict[str, str], **kw: Any) -> ScoringSettings:
@@ -117,3 +117,48 @@ async def running_stack(env: dict[str, str], now: datetime) -> AsyncIterator[Sta
 
 def days_ago(today: date, n: int) -> date:
     return today - timedelta(days=n)
+
+
+async def read_topic(stack: Stack, topic: str, expect: int | None = None) -> list[Any]:
+    """Every message of ``topic`` from its start: until ``expect`` were read, or
+    (with none expected, or too few) until a second passes with nothing new."""
+    consumer = make_consumer(
+        stack.settings,
+        f"reader-{topic}-{datetime.now().timestamp()}",
+        topic,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        empty = 0
+        for _ in range(100):
+            batch = await consumer.getmany(timeout_ms=200)
+            for msgs in batch.values():
+                got.extend(msgs)
+            empty = 0 if batch else empty + 1
+            if (expect is not None and len(got) >= expect) or (got and empty >= 5):
+                break
+    finally:
+        await consumer.stop()
+    return got
+
+
+@contextlib.asynccontextmanager
+async def scoring_app(stack: Stack) -> AsyncIterator[Any]:
+    """The scoring service's app, in-process, on the stack's pool and clock (its
+    lifespan would open its own): for httpx's ASGITransport."""
+    from services.scoring.app import create_app
+    from shared import db
+    from shared.auth import KeyStore
+    from tests.infra import BOOTSTRAP_KEY
+
+    app = create_app(stack.settings)
+    app.state.engine = db.create_engine(stack.settings.database_url)
+    app.state.keys = KeyStore(app.state.engine, BOOTSTRAP_KEY)
+    app.state.pool = stack.pool
+    app.state.clock = stack.clock
+    try:
+        yield app
+    finally:
+        await app.state.engine.dispose()

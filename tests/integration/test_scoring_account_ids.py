@@ -18,7 +18,7 @@ from markupsafe import escape
 
 from services.scoring.dashboard import routes
 from tests.infra import BOOTSTRAP_KEY
-from tests.integration.scoring_support import Stack, running_stack
+from tests.integration.scoring_support import Stack, running_stack, scoring_app
 
 D = date(2026, 3, 31)
 NOW = datetime(2026, 3, 31, 15, 0, tzinfo=UTC)
@@ -74,22 +74,12 @@ async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
 
 @pytest.fixture(scope="module")
 async def app(stack: Stack) -> AsyncIterator[FastAPI]:
-    """The scoring app on the module's pool (the lifespan would open its own)."""
-    from services.scoring.app import create_app
+    """The scoring app on the module's pool, with its dashboard's data."""
     from services.scoring.dashboard.data import ReadModelData
-    from shared import db
-    from shared.auth import KeyStore
 
-    app = create_app(stack.settings)
-    engine = db.create_engine(stack.settings.database_url)
-    app.state.engine = engine
-    app.state.keys = KeyStore(engine, BOOTSTRAP_KEY)
-    app.state.pool = stack.pool
-    app.state.clock = stack.clock
-    async with httpx.AsyncClient() as http:
+    async with scoring_app(stack) as app, httpx.AsyncClient() as http:
         app.state.dashboard = ReadModelData(stack.pool, stack.clock, (70.0, 40.0), None, None, http)
         yield app
-    await engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import pytest
 from services.scoring.consumer import new_producer
 from services.scoring.sweep import sweep_once
 from shared.health import HealthSnapshot
-from shared.kafka import make_consumer
-from tests.integration.scoring_support import Stack, running_stack
+from tests.integration.scoring_support import Stack, read_topic, running_stack
 
 NOW = datetime(2026, 5, 10, 9, 0, tzinfo=UTC)
 D = NOW.date()
@@ -29,25 +28,7 @@ async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
 
 async def _snapshots(stack: Stack, account: str) -> list[HealthSnapshot]:
     """Every snapshot of ``account`` on the health topic, by revision."""
-    consumer = make_consumer(
-        stack.settings,
-        f"reader-{account}-{datetime.now().timestamp()}",
-        stack.settings.topics.health,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    got: list[Any] = []
-    try:
-        empty = 0
-        for _ in range(100):
-            batch = await consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                got.extend(msgs)
-            empty = 0 if batch else empty + 1
-            if got and empty >= 5:
-                break
-    finally:
-        await consumer.stop()
+    got = await read_topic(stack, stack.settings.topics.health)
     mine = [s for s in (HealthSnapshot.decode(m.value) for m in got) if s.account_id == account]
     return sorted(mine, key=lambda s: s.revision)
 

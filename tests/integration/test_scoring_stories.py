@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.integration.scoring_support import Stack, running_stack
+from tests.integration.scoring_support import Stack, running_stack, scoring_app
 
 D = date(2026, 3, 31)
 NOW = datetime(2026, 3, 31, 15, 0, tzinfo=UTC)
@@ -215,24 +215,17 @@ async def test_history_row_per_day_and_dedup_table(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 async def api(stack: Stack, env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    from services.scoring.app import create_app
-    from shared import db
-    from shared.auth import KeyStore
     from tests.infra import BOOTSTRAP_KEY
 
-    app = create_app(stack.settings)
-    engine = db.create_engine(stack.settings.database_url)
-    app.state.engine = engine
-    app.state.keys = KeyStore(engine, BOOTSTRAP_KEY)
-    app.state.pool = stack.pool
-    app.state.clock = stack.clock
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://scoring",
-        headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"},
-    ) as client:
+    async with (
+        scoring_app(stack) as app,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://scoring",
+            headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"},
+        ) as client,
+    ):
         yield client
-    await engine.dispose()
 
 
 async def test_api_health_has_the_spec_shape(api: httpx.AsyncClient, stack: Stack) -> None:

@@ -12,8 +12,8 @@ import pytest
 from services.scoring.consumer import new_producer
 from services.scoring.sweep import sweep_once
 from shared.health import HealthSnapshot
-from shared.kafka import REASON_HEADER, make_consumer
-from tests.integration.scoring_support import Stack, running_stack
+from shared.kafka import REASON_HEADER
+from tests.integration.scoring_support import Stack, read_topic, running_stack
 
 NOW = datetime(2026, 5, 10, 9, 0, tzinfo=UTC)
 D = NOW.date()
@@ -23,26 +23,6 @@ D = NOW.date()
 async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
     async with running_stack(env, NOW) as s:
         yield s
-
-
-async def _read_all(stack: Stack, topic: str, expect: int) -> list[object]:
-    consumer = make_consumer(
-        stack.settings, f"reader-{topic}-{expect}", topic, enable_auto_commit=False
-    )
-    await consumer.start()
-    got: list[object] = []
-    try:
-        empty = 0
-        for _ in range(100):
-            batch = await consumer.getmany(timeout_ms=200)
-            for msgs in batch.values():
-                got.extend(msgs)
-            empty = 0 if batch else empty + 1
-            if len(got) >= expect or (got and empty >= 5):
-                break
-    finally:
-        await consumer.stop()
-    return got
 
 
 async def test_poison_messages_go_to_the_dlq_and_the_consumer_keeps_going(stack: Stack) -> None:
@@ -67,7 +47,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_keeps_going(stack:
     await stack.wait_consumed()
     h = await stack.health("after-poison")
     assert h["kpis"]["dau"] == 1
-    dead = await _read_all(stack, stack.settings.topics.dlq, 3)
+    dead = await read_topic(stack, stack.settings.topics.dlq, 3)
     reasons = sorted(dict(m.headers)[REASON_HEADER].decode() for m in dead)  # type: ignore[attr-defined]
     assert len(reasons) == 3
     assert any("not JSON" in r for r in reasons)
@@ -148,7 +128,7 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
 
     snaps = [
         HealthSnapshot.decode(m.value)  # type: ignore[attr-defined]
-        for m in await _read_all(stack, stack.settings.topics.health, 100)
+        for m in await read_topic(stack, stack.settings.topics.health, 100)
     ]
     quiet = [s for s in snaps if s.account_id == "quiet"]
     assert [s.revision for s in quiet] == list(range(1, len(quiet) + 1))
@@ -186,7 +166,7 @@ async def test_silence_changes_kpis_and_score_through_the_sweep_alone(stack: Sta
     )
     snaps = [
         HealthSnapshot.decode(m.value)  # type: ignore[attr-defined]
-        for m in await _read_all(stack, stack.settings.topics.health, 100)
+        for m in await read_topic(stack, stack.settings.topics.health, 100)
     ]
     last = [x for x in snaps if x.account_id == "quiet"][-1]
     assert last.revision == week_later["revision"]
